@@ -1,0 +1,314 @@
+"""The store: a Zarr v3 group of per-shard view arrays, a Parquet manifest and per-shard completion records.
+
+Layout of ``<name>.zarr/``::
+
+    zarr.json                       group attributes: spec version, fingerprint, dims, views, sharding
+    manifest/clips.parquet          the clip row space (one keyframe each)
+    manifest/boxes.parquet          the box row space, contiguous per clip
+    views/<view>/<shard>/           one Zarr array per (view, shard), stored as ONE chunk
+    done/<shard>.json               completion record, written last and atomically
+    failures.parquet                clips whose video could not be decoded (optional)
+
+Why one array per shard with one chunk: zarr 3.1 costs about 1 ms per chunk read whatever its size, and two
+writers touching one shard lose rows (design §3). A shard is a contiguous run of clips (and so of boxes),
+written in one go by exactly one writer, so a reader fetches few, large, sequential files and parallel
+writers never share a file. The done record makes extraction resumable: a shard without one is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import zarr
+
+from cache_spec import manifest as mf
+from cache_spec.views import get_view
+
+log = logging.getLogger(__name__)
+
+SPEC_VERSION = "1.0"
+DTYPES = ("float16", "float32")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked (missing, incomplete, corrupt)."""
+
+
+class StoreMismatchError(StoreError):
+    """A store written by another spec version or configuration than the one asked for."""
+
+
+def fingerprint_differences(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """Human-readable list of fields where two fingerprints differ (empty if equal)."""
+    diffs = []
+    for key in sorted(set(stored) | set(expected)):
+        a, b = stored.get(key, "<absent>"), expected.get(key, "<absent>")
+        if _canonical(a) != _canonical(b):
+            diffs.append(f"{key}: store has {a!r}, asked for {b!r}")
+    return diffs
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """The clip and box rows a shard covers."""
+
+    shard: int
+    clip_start: int
+    clip_stop: int
+    box_start: int
+    box_stop: int
+
+    def rows(self, row_space: str) -> tuple[int, int]:
+        return (self.clip_start, self.clip_stop) if row_space == "clips" else (self.box_start, self.box_stop)
+
+
+class Store:
+    """An opened store. Create with :func:`create_store`, open with :func:`open_store`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        group = zarr.open_group(str(self.path), mode="r")
+        attrs = dict(group.attrs)
+        self.spec_version: str = attrs["spec_version"]
+        self.fingerprint: dict[str, Any] = attrs["fingerprint"]
+        self.dims: dict[str, int] = attrs["dims"]
+        self.dtype: str = attrs["dtype"]
+        self.views: list[str] = list(attrs["views"])
+        self.clips_per_shard: int = attrs["clips_per_shard"]
+        self.clips = pd.read_parquet(self.path / "manifest" / "clips.parquet")
+        self.boxes = pd.read_parquet(self.path / "manifest" / "boxes.parquet")
+        self.shards = _shard_ranges(self.clips)
+
+    # ---- shape and layout -------------------------------------------------------------------------------
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def row_shape(self, view: str) -> tuple[int, ...]:
+        return get_view(view).shape(self.dims)
+
+    def view_nbytes(self, view: str) -> int:
+        """Bytes of ``view`` over all rows: what loading it into memory costs."""
+        n_rows = len(self.clips) if get_view(view).rows == "clips" else len(self.boxes)
+        return n_rows * int(np.prod(self.row_shape(view))) * np.dtype(self.dtype).itemsize
+
+    def _array_path(self, view: str, shard: int) -> Path:
+        return self.path / "views" / view / f"{shard:05d}"
+
+    def _done_path(self, shard: int) -> Path:
+        return self.path / "done" / f"{shard:05d}.json"
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def write_shard(self, shard: int, arrays: Mapping[str, np.ndarray], failed_clips: Iterable[int] = ()) -> None:
+        """Write every view of one shard in one go, then its completion record. One writer per shard."""
+        rng = self.shards[shard]
+        if set(arrays) != set(self.views):
+            raise StoreError(f"shard {shard}: got views {sorted(arrays)}, store holds {sorted(self.views)}")
+        for view, data in arrays.items():
+            lo, hi = rng.rows(get_view(view).rows)
+            expected = (hi - lo, *self.row_shape(view))
+            if tuple(data.shape) != expected:
+                raise StoreError(f"shard {shard} view {view}: shape {tuple(data.shape)}, expected {expected}")
+            path = self._array_path(view, shard)
+            if path.exists():
+                shutil.rmtree(path)
+            array = zarr.create_array(
+                store=str(path),
+                shape=expected,
+                chunks=expected if expected[0] else (1, *expected[1:]),
+                dtype=self.dtype,
+                compressors=None,
+                fill_value=0,
+                zarr_format=3,
+            )
+            if expected[0]:
+                array[...] = np.ascontiguousarray(data, dtype=self.dtype)
+        record = {
+            "shard": shard,
+            "clips": [rng.clip_start, rng.clip_stop],
+            "boxes": [rng.box_start, rng.box_stop],
+            "views": sorted(arrays),
+            "failed_clips": sorted(int(c) for c in failed_clips),
+        }
+        tmp = self._done_path(shard).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self._done_path(shard))
+
+    # ---- completion -------------------------------------------------------------------------------------
+    def completed_shards(self) -> set[int]:
+        """Shards whose completion record exists and matches the layout."""
+        done = set()
+        for path in (self.path / "done").glob("*.json"):
+            record = json.loads(path.read_text())
+            rng = self.shards[record["shard"]] if record["shard"] < self.num_shards else None
+            if rng and record["clips"] == [rng.clip_start, rng.clip_stop] and set(record["views"]) == set(self.views):
+                done.add(record["shard"])
+        return done
+
+    def missing_shards(self) -> list[int]:
+        done = self.completed_shards()
+        return [s for s in range(self.num_shards) if s not in done]
+
+    def is_complete(self) -> bool:
+        return not self.missing_shards()
+
+    def failed_clips(self) -> np.ndarray:
+        """Clip indices whose video failed to decode (their features are zeros)."""
+        failed: list[int] = []
+        for path in (self.path / "done").glob("*.json"):
+            failed.extend(json.loads(path.read_text())["failed_clips"])
+        return np.array(sorted(failed), dtype=np.int64)
+
+    def verify(self) -> list[str]:
+        """Problems found: shards not done, and done shards whose arrays are missing or the wrong shape."""
+        problems = [f"shard {s}: not written (no completion record)" for s in self.missing_shards()]
+        for s in sorted(self.completed_shards()):
+            for view in self.views:
+                try:
+                    self.read_shard(view, s)
+                except Exception as err:  # noqa: BLE001 - verify reports every failure, whatever its kind
+                    problems.append(f"shard {s} view {view}: {err}")
+        return problems
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def read_shard(self, view: str, shard: int) -> np.ndarray:
+        """All rows of ``view`` in ``shard``: one chunk, one file read."""
+        if view not in self.views:
+            raise StoreError(f"store {self.path} has no view {view!r} (it holds {', '.join(self.views)})")
+        rng = self.shards[shard]
+        lo, hi = rng.rows(get_view(view).rows)
+        expected = (hi - lo, *self.row_shape(view))
+        array = zarr.open_array(str(self._array_path(view, shard)), mode="r")
+        if tuple(array.shape) != expected:
+            raise StoreError(f"shard {shard} view {view}: stored shape {array.shape}, expected {expected}")
+        return array[...] if expected[0] else np.zeros(expected, dtype=self.dtype)
+
+    def read_view(self, view: str) -> np.ndarray:
+        """The whole view in row order (for views that fit in memory)."""
+        missing = self.missing_shards()
+        if missing:
+            raise StoreError(f"store {self.path} is incomplete: {len(missing)} shard(s) missing, e.g. {missing[:5]}")
+        return np.concatenate([self.read_shard(view, s) for s in range(self.num_shards)])
+
+
+def _shard_ranges(clips: pd.DataFrame) -> list[ShardRange]:
+    shard = clips["shard"].to_numpy()
+    starts = clips["box_start"].to_numpy(np.int64)
+    stops = starts + clips["box_count"].to_numpy(np.int64)
+    ranges = []
+    n = int(shard.max()) + 1 if len(shard) else 0
+    bounds = np.searchsorted(shard, np.arange(n + 1))
+    for s in range(n):
+        lo, hi = int(bounds[s]), int(bounds[s + 1])
+        box_lo = int(starts[lo]) if hi > lo else 0
+        box_hi = int(stops[hi - 1]) if hi > lo else 0
+        ranges.append(ShardRange(s, lo, hi, box_lo, box_hi))
+    return ranges
+
+
+def assign_shards(clips: pd.DataFrame, clips_per_shard: int) -> pd.DataFrame:
+    """Set the ``shard`` column: consecutive runs of ``clips_per_shard`` clips."""
+    if clips_per_shard < 1:
+        raise ValueError("clips_per_shard must be >= 1")
+    out = clips.copy()
+    out["shard"] = (np.arange(len(out)) // clips_per_shard).astype(np.int32)
+    return out
+
+
+def create_store(
+    path: Path,
+    *,
+    fingerprint: Mapping[str, Any],
+    dims: Mapping[str, int],
+    views: Iterable[str],
+    clips: pd.DataFrame,
+    boxes: pd.DataFrame,
+    clips_per_shard: int,
+    dtype: str = "float16",
+) -> Store:
+    """Create a store, or reopen an existing one with the same fingerprint (to resume).
+
+    The manifest's digest joins the fingerprint, so resuming over other annotations or boxes is refused.
+    """
+    path = Path(path)
+    views = sorted(set(views))
+    for view in views:
+        get_view(view).shape(dims)  # fails early on an unknown view or missing dimension
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; choose one of {DTYPES}")
+    clips = assign_shards(clips, clips_per_shard)
+    mf.validate(clips, boxes)
+    full_fingerprint = {
+        **fingerprint,
+        "manifest": mf.digest(clips, boxes),
+        "views": views,
+        "dtype": dtype,
+        "clips_per_shard": clips_per_shard,
+        "dims": dict(dims),
+    }
+    if (path / "zarr.json").exists():
+        store = open_store(path, expected_fingerprint=full_fingerprint)
+        log.info("resuming store %s: %d/%d shards done", path, len(store.completed_shards()), store.num_shards)
+        return store
+    tmp = path.with_name(path.name + ".creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)  # mode "w" empties the folder: do it first
+    (tmp / "manifest").mkdir()
+    (tmp / "done").mkdir()
+    pq.write_table(mf.to_table(clips, mf.CLIP_SCHEMA), tmp / "manifest" / "clips.parquet")
+    pq.write_table(mf.to_table(boxes, mf.BOX_SCHEMA), tmp / "manifest" / "boxes.parquet")
+    views_group = group.create_group("views")
+    for view in views:
+        views_group.create_group(view)
+    group.attrs.update(
+        {
+            "spec_version": SPEC_VERSION,
+            "fingerprint": full_fingerprint,
+            "dims": dict(dims),
+            "dtype": dtype,
+            "views": views,
+            "clips_per_shard": clips_per_shard,
+        }
+    )
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return Store(path)
+
+
+def open_store(path: Path, expected_fingerprint: Mapping[str, Any] | None = None) -> Store:
+    """Open a store, refusing another spec version or (when given) another fingerprint, naming the fields."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise StoreError(f"no feature store at {path} (run `pipeline extract` first)")
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    version = attrs.get("spec_version")
+    if version != SPEC_VERSION:
+        raise StoreMismatchError(
+            f"store {path} was written with cache spec version {version!r}; this code reads {SPEC_VERSION!r}. "
+            "Re-run `pipeline extract`."
+        )
+    if expected_fingerprint is not None:
+        diffs = fingerprint_differences(attrs["fingerprint"], expected_fingerprint)
+        if diffs:
+            raise StoreMismatchError(
+                f"store {path} was written with another configuration:\n  "
+                + "\n  ".join(diffs)
+                + "\nDelete it or write to another path."
+            )
+    return Store(path)
