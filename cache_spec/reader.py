@@ -76,6 +76,7 @@ class ClipBatchLoader:
         self.box_mask = self.box_mask & ~np.isin(clip_of_box, failed)
         self._box_start = store.clips["box_start"].to_numpy(np.int64)
         self._box_count = store.clips["box_count"].to_numpy(np.int64)
+        self._clip_shard = store.clips["shard"].to_numpy(np.int64)
         selected_per_clip = np.bincount(clip_of_box[self.box_mask], minlength=len(store.clips))
         self.clip_ids = np.flatnonzero(selected_per_clip > 0)
         total = sum(store.view_nbytes(v) for v in self.views)
@@ -124,44 +125,39 @@ class ClipBatchLoader:
         return ClipBatch(clip_index=clips, box_index=boxes, box_clip=owner, views=views)
 
     def _stream(self, rng: np.random.Generator) -> Iterator[ClipBatch]:
-        shards = [s for s in range(self.store.num_shards) if self._shard_has_clips(s)]
+        shards = [s for s in range(self.store.num_shards) if len(self._clips_in(s))]
         if self.shuffle:
             shards = list(rng.permutation(shards))
         for lo in range(0, len(shards), self.buffer_shards):
-            group = shards[lo : lo + self.buffer_shards]
-            # Read each shard whole, then batch over the union of the buffered shards.
-            parts = [(s, {v: self.store.read_shard(v, s) for v in self.views}) for s in group]
-            clips = np.concatenate([self._clips_in(s) for s, _ in parts])
+            group = sorted(shards[lo : lo + self.buffer_shards])
+            # Map each buffered shard once; batches gather their rows straight from the maps.
+            maps = {s: {v: self.store.read_shard(v, s, mmap=True) for v in self.views} for s in group}
+            clips = np.concatenate([self._clips_in(s) for s in group])
             if self.shuffle:
                 clips = rng.permutation(clips)
-            arrays, clip_map, box_map = self._concat(parts)
             for b in range(0, len(clips), self.batch_clips):
-                batch = clips[b : b + self.batch_clips]
-                boxes, owner = self._boxes_of(batch)
-                views = {}
-                for view in self.views:
-                    index = clip_map[batch] if get_view(view).rows == "clips" else box_map[boxes]
-                    views[view] = arrays[view][index]
-                yield ClipBatch(clip_index=batch, box_index=boxes, box_clip=owner, views=views)
+                yield self._gather_from_shards(np.sort(clips[b : b + self.batch_clips]), maps)
 
-    def _shard_has_clips(self, shard: int) -> bool:
-        return len(self._clips_in(shard)) > 0
+    def _gather_from_shards(self, clips: np.ndarray, maps: dict[int, dict[str, np.ndarray]]) -> ClipBatch:
+        """Gather a batch (clips sorted, so grouped by shard) with one copy per row into the output."""
+        boxes, owner = self._boxes_of(clips)
+        shard_of_clip = self._clip_shard[clips]
+        shard_of_box = shard_of_clip[owner]
+        views = {}
+        for view in self.views:
+            by_clip = get_view(view).rows == "clips"
+            rows, row_shard = (clips, shard_of_clip) if by_clip else (boxes, shard_of_box)
+            out = np.empty((len(rows), *self.store.row_shape(view)), dtype=self.store.dtype)
+            for shard in np.unique(row_shard):
+                lo, hi = np.searchsorted(row_shard, [shard, shard + 1])
+                first = self.store.shards[shard].rows(get_view(view).rows)[0]
+                np.take(
+                    maps[shard][view], rows[lo:hi] - first, axis=0, out=out[lo:hi], mode="clip"
+                )  # "raise" buffers `out`
+            views[view] = out
+        return ClipBatch(clip_index=clips, box_index=boxes, box_clip=owner, views=views)
 
     def _clips_in(self, shard: int) -> np.ndarray:
         rng = self.store.shards[shard]
         lo, hi = np.searchsorted(self.clip_ids, [rng.clip_start, rng.clip_stop])
         return self.clip_ids[lo:hi]
-
-    def _concat(self, parts: list[tuple[int, dict[str, np.ndarray]]]):
-        """Concatenate buffered shards and map store rows to positions in the concatenation."""
-        clip_map = np.full(len(self.store.clips), -1, np.int64)
-        box_map = np.full(len(self.store.boxes), -1, np.int64)
-        clip_pos = box_pos = 0
-        for shard, _ in parts:
-            rng = self.store.shards[shard]
-            n_c, n_b = rng.clip_stop - rng.clip_start, rng.box_stop - rng.box_start
-            clip_map[rng.clip_start : rng.clip_stop] = np.arange(clip_pos, clip_pos + n_c)
-            box_map[rng.box_start : rng.box_stop] = np.arange(box_pos, box_pos + n_b)
-            clip_pos, box_pos = clip_pos + n_c, box_pos + n_b
-        arrays = {v: np.concatenate([p[v] for _, p in parts]) for v in self.views}
-        return arrays, clip_map, box_map

@@ -92,6 +92,7 @@ class Store:
         self.clips = pd.read_parquet(self.path / "manifest" / "clips.parquet")
         self.boxes = pd.read_parquet(self.path / "manifest" / "boxes.parquet")
         self.shards = _shard_ranges(self.clips)
+        self._maps: dict[tuple[str, int], np.memmap] = {}  # chunk files mapped once, like one big np.memmap
 
     # ---- shape and layout -------------------------------------------------------------------------------
     @property
@@ -124,6 +125,7 @@ class Store:
             if tuple(data.shape) != expected:
                 raise StoreError(f"shard {shard} view {view}: shape {tuple(data.shape)}, expected {expected}")
             path = self._array_path(view, shard)
+            self._maps.pop((view, shard), None)
             if path.exists():
                 shutil.rmtree(path)
             array = zarr.create_array(
@@ -185,17 +187,39 @@ class Store:
         return problems
 
     # ---- reading ----------------------------------------------------------------------------------------
-    def read_shard(self, view: str, shard: int) -> np.ndarray:
-        """All rows of ``view`` in ``shard``: one chunk, one file read."""
+    def read_shard(self, view: str, shard: int, mmap: bool = False) -> np.ndarray:
+        """All rows of ``view`` in ``shard``: one chunk, one file read (or a memory map of it with ``mmap``).
+
+        Our arrays are one uncompressed chunk whose only codec is ``bytes`` (little endian), so by the Zarr v3
+        spec the chunk file ``c/0/.../0`` holds the raw C-order array: it is mapped directly, which reads at
+        memmap speed where zarr-python 3.1's decode path runs about 7x slower. Any other array is read by zarr.
+        """
         if view not in self.views:
             raise StoreError(f"store {self.path} has no view {view!r} (it holds {', '.join(self.views)})")
         rng = self.shards[shard]
         lo, hi = rng.rows(get_view(view).rows)
         expected = (hi - lo, *self.row_shape(view))
-        array = zarr.open_array(str(self._array_path(view, shard)), mode="r")
-        if tuple(array.shape) != expected:
-            raise StoreError(f"shard {shard} view {view}: stored shape {array.shape}, expected {expected}")
-        return array[...] if expected[0] else np.zeros(expected, dtype=self.dtype)
+        path = self._array_path(view, shard)
+        try:
+            meta = json.loads((path / "zarr.json").read_text())
+        except (OSError, ValueError) as err:
+            raise StoreError(f"shard {shard} view {view}: unreadable array metadata at {path}: {err}") from err
+        if tuple(meta["shape"]) != expected:
+            raise StoreError(f"shard {shard} view {view}: stored shape {tuple(meta['shape'])}, expected {expected}")
+        if not expected[0]:
+            return np.zeros(expected, dtype=self.dtype)
+        if _is_raw_single_chunk(meta):
+            chunk = path.joinpath("c", *["0"] * len(expected))
+            nbytes = int(np.prod(expected)) * np.dtype(meta["data_type"]).itemsize
+            size = chunk.stat().st_size if chunk.exists() else -1
+            if size != nbytes:
+                raise StoreError(f"shard {shard} view {view}: chunk {chunk} has {size} bytes, expected {nbytes}")
+            data = self._maps.get((view, shard))
+            if data is None:
+                data = np.memmap(chunk, dtype=meta["data_type"], mode="r", shape=expected)
+                self._maps[(view, shard)] = data
+            return data if mmap else np.array(data)
+        return zarr.open_array(str(path), mode="r")[...]
 
     def read_view(self, view: str) -> np.ndarray:
         """The whole view in row order (for views that fit in memory)."""
@@ -203,6 +227,20 @@ class Store:
         if missing:
             raise StoreError(f"store {self.path} is incomplete: {len(missing)} shard(s) missing, e.g. {missing[:5]}")
         return np.concatenate([self.read_shard(view, s) for s in range(self.num_shards)])
+
+
+def _is_raw_single_chunk(meta: Mapping[str, Any]) -> bool:
+    """True when an array's metadata says its one chunk file is the raw little-endian array."""
+    codecs = meta.get("codecs", [])
+    return (
+        meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") == meta["shape"]
+        and meta.get("chunk_key_encoding", {}).get("name") == "default"
+        and meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") == "/"
+        and len(codecs) == 1
+        and codecs[0]["name"] == "bytes"
+        and codecs[0].get("configuration", {}).get("endian", "little") == "little"
+        and not meta.get("storage_transformers")
+    )
 
 
 def _shard_ranges(clips: pd.DataFrame) -> list[ShardRange]:
