@@ -100,7 +100,7 @@ def test_time_offset_and_duplicates(video: Path) -> None:
 
 def test_video_shorter_than_window_still_yields(tmp_path: Path) -> None:
     path = _write_video(tmp_path / "short.mp4", 5)
-    (ts, clip), = iter_keyframe_clips(path, [2 / FPS], SAMPLING)
+    ((ts, clip),) = iter_keyframe_clips(path, [2 / FPS], SAMPLING)
     assert [_read_index(f) for f in clip] == clip_frame_indices(2, 5, SAMPLING).tolist() == [0, 0, 0, 0, 2, 4, 4, 4]
 
 
@@ -157,9 +157,7 @@ def test_sampling_validation() -> None:
         (112, 160, (112, 160), 1.0),  # already the right size: no resize
     ],
 )
-def test_preprocess_shapes_padding_and_extent(
-    height: int, width: int, valid_hw: tuple[int, int], scale: float
-) -> None:
+def test_preprocess_shapes_padding_and_extent(height: int, width: int, valid_hw: tuple[int, int], scale: float) -> None:
     sampling = ClipSampling()
     clip = np.full((16, height, width, 3), 200, dtype=np.uint8)
     clip[..., 1] = 30

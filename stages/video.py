@@ -1,0 +1,253 @@
+"""Decode clips around keyframes with PyAV and turn them into backbone input.
+
+Extraction touches every keyframe of every video once, and an AVA video is 15 minutes at 30 fps, so a video is
+decoded exactly once, front to back, keeping only the frames that some still-pending clip needs. Frame indices
+follow PySlowFast's AVA loader (``get_sequence``): the clip is centred on the keyframe and indices outside the
+video are clamped, so the first/last frame repeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+# A container that declares N frames but decodes fewer than this fraction of them (minus a little slack for
+# edit lists and decoder delay) is treated as truncated rather than silently yielding clamped clips.
+_TRUNCATION_SLACK_FRACTION = 0.02
+_TRUNCATION_SLACK_FRAMES = 2
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be opened or decoded; the message names the file and the step that failed."""
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How a clip is sampled around a keyframe and laid out for the backbone (part of the extraction variant)."""
+
+    num_frames: int = 16
+    frame_stride: int = 2
+    alpha: int = 4
+    short_side: int = 112
+    canvas: tuple[int, int] = (128, 160)
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.frame_stride < 1 or self.alpha < 1 or self.short_side < 1:
+            raise ValueError(f"num_frames, frame_stride, alpha and short_side must be >= 1: {self}")
+        if self.num_frames % self.alpha:
+            raise ValueError(f"num_frames ({self.num_frames}) must be a multiple of alpha ({self.alpha})")
+        if len(self.canvas) != 2 or any(c <= 0 or c % 32 for c in self.canvas):
+            raise ValueError(f"canvas {self.canvas} must be two positive multiples of 32 (backbone stride)")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ValueError(f"mean/std need three values and std > 0: {self.mean}, {self.std}")
+
+    @property
+    def window(self) -> int:
+        """Source frames spanned by one clip (T * tau), the PySlowFast ``seq_len``."""
+        return self.num_frames * self.frame_stride
+
+
+def clip_frame_indices(keyframe_index: int, num_video_frames: int, sampling: ClipSampling) -> np.ndarray:
+    """Source frame indices of the fast pathway for one keyframe, clamped to the video.
+
+    PySlowFast AVA convention: ``range(centre - T*tau//2, centre + T*tau//2, tau)``, then indices below 0 become 0
+    and indices past the end become ``n - 1`` (edge frames repeat).
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    return np.clip(_unclamped_indices(keyframe_index, sampling), 0, num_video_frames - 1)
+
+
+def _unclamped_indices(keyframe_index: int, sampling: ClipSampling) -> np.ndarray:
+    start = keyframe_index - sampling.window // 2
+    return start + np.arange(sampling.num_frames, dtype=np.int64) * sampling.frame_stride
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoDecodeError(f"{path}: cannot open video: {e}") from e
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoDecodeError(f"{path}: no video stream")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream, path: Path) -> float:
+    rate: Fraction | None = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or rate <= 0:
+        raise VideoDecodeError(f"{path}: container does not give a frame rate")
+    return float(rate)
+
+
+def video_info(path: Path | str) -> tuple[int, float, int, int]:
+    """(num_frames, fps, height, width) from stream metadata, counting decoded frames when no count is declared."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        fps = _stream_fps(stream, path)
+        height, width = stream.codec_context.height, stream.codec_context.width
+        num_frames = int(stream.frames or 0)
+        if num_frames <= 0:
+            logger.debug("%s: no frame count in the container, counting decoded frames", path)
+            try:
+                num_frames = sum(1 for _ in container.decode(stream))
+            except av.FFmpegError as e:
+                raise VideoDecodeError(f"{path}: decoding failed while counting frames: {e}") from e
+        return num_frames, fps, int(height), int(width)
+    finally:
+        container.close()
+
+
+@dataclass
+class _PendingClip:
+    timestamp: float
+    indices: np.ndarray  # clamped below at 0, not yet above (the frame count is learned at EOF)
+
+    @property
+    def last_needed(self) -> int:
+        return int(self.indices[-1])
+
+    @property
+    def first_needed(self) -> int:
+        return int(self.indices[0])
+
+
+def iter_keyframe_clips(
+    path: Path | str,
+    timestamps_s: Sequence[float],
+    sampling: ClipSampling,
+    time_offset_s: float = 0.0,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(timestamp, uint8 [T_f, H, W, 3] RGB)`` for each keyframe, in timestamp order, decoding once.
+
+    The keyframe's frame index is ``round((timestamp - time_offset_s) * fps)`` counted in decode order. Only
+    frames that a pending clip needs are converted to RGB and kept, so memory is bounded by one clip window.
+    Clips that reach past either end repeat the edge frame. Raises ``VideoDecodeError`` naming the file if it
+    cannot be opened, a packet fails to decode, or fewer frames decode than the container declares (truncation);
+    clips yielded before the failure are complete and correct.
+    """
+    path = Path(path)
+    order = sorted(range(len(timestamps_s)), key=lambda i: timestamps_s[i])
+    if not order:
+        return
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        fps = _stream_fps(stream, path)
+        declared = int(stream.frames or 0)
+        pending: list[_PendingClip] = []
+        for i in order:
+            ts = float(timestamps_s[i])
+            key = round((ts - time_offset_s) * fps)
+            if key < 0 or (declared and key >= declared):
+                logger.warning(
+                    "%s: keyframe %.3f s -> frame %d lies outside the video (%s frames); edge frames repeat",
+                    path,
+                    ts,
+                    key,
+                    declared or "?",
+                )
+            pending.append(_PendingClip(ts, np.maximum(_unclamped_indices(key, sampling), 0)))
+        yield from _decode_and_emit(container, stream, path, pending, declared)
+    finally:
+        container.close()
+
+
+def _decode_and_emit(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    path: Path,
+    pending: list[_PendingClip],
+    declared: int,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Run the decoder front to back, emitting each clip as soon as its last frame has been decoded."""
+    buffer: dict[int, np.ndarray] = {}
+    needed: set[int] = set()
+    for clip in pending:
+        needed.update(int(i) for i in clip.indices)
+    head = 0  # next pending clip
+    index = -1
+    last_frame: av.VideoFrame | None = None
+    try:
+        for index, frame in enumerate(container.decode(stream)):
+            last_frame = frame
+            if index in needed:
+                buffer[index] = frame.to_ndarray(format="rgb24")
+            while head < len(pending) and pending[head].last_needed <= index:
+                clip = pending[head]
+                yield clip.timestamp, np.stack([buffer[int(i)] for i in clip.indices])
+                head += 1
+                _trim(buffer, pending[head].first_needed if head < len(pending) else index + 1)
+            if head == len(pending):
+                return  # nothing left to emit: stop decoding instead of reading the rest of the file
+    except av.FFmpegError as e:
+        raise VideoDecodeError(f"{path}: decoding failed at frame {index + 1}: {e}") from e
+
+    num_frames = index + 1
+    if last_frame is None:
+        raise VideoDecodeError(f"{path}: no frames could be decoded")
+    slack = max(_TRUNCATION_SLACK_FRAMES, math.ceil(declared * _TRUNCATION_SLACK_FRACTION))
+    if declared and num_frames < declared - slack:
+        raise VideoDecodeError(f"{path}: truncated or corrupt, decoded {num_frames} of {declared} declared frames")
+    if num_frames - 1 not in buffer:
+        buffer[num_frames - 1] = last_frame.to_ndarray(format="rgb24")
+    for clip in pending[head:]:
+        indices = np.minimum(clip.indices, num_frames - 1)
+        yield clip.timestamp, np.stack([buffer[int(i)] for i in indices])
+
+
+def _trim(buffer: dict[int, np.ndarray], keep_from: int) -> None:
+    """Drop buffered frames that no remaining clip can need (pending clips are sorted, so their starts rise)."""
+    for i in [i for i in buffer if i < keep_from]:
+        del buffer[i]
+
+
+def _resized_hw(height: int, width: int, sampling: ClipSampling) -> tuple[tuple[int, int], float]:
+    """Short side to ``short_side``, shrunk further if the long side would overflow the canvas."""
+    canvas_h, canvas_w = sampling.canvas
+    scale = min(sampling.short_side / min(height, width), canvas_h / height, canvas_w / width)
+    new_h = min(canvas_h, max(1, round(height * scale)))
+    new_w = min(canvas_w, max(1, round(width * scale)))
+    return (new_h, new_w), scale
+
+
+def preprocess_clip(clip: np.ndarray, sampling: ClipSampling) -> tuple[torch.Tensor, tuple[int, int], float]:
+    """uint8 ``[T, H, W, 3]`` -> normalised float32 ``[3, T, canvas_h, canvas_w]``, padded with zeros bottom/right.
+
+    Returns ``(tensor, valid_hw, scale)``: ``valid_hw`` is the resized (h, w) before padding and ``scale`` the
+    resize factor (resized / original). Boxes in original pixels map onto the canvas as ``box * scale``; the exact
+    per-axis factor is ``valid_hw / (H, W)`` (they differ by under half a pixel from rounding). Padding is
+    applied after normalisation so padded pixels are exactly zero, as a zero-padded conv input expects.
+    """
+    if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [T, H, W, 3], got {clip.dtype} {clip.shape}")
+    _, height, width, _ = clip.shape
+    (new_h, new_w), scale = _resized_hw(height, width, sampling)
+    frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255.0)
+    if (new_h, new_w) != (height, width):
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(sampling.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(sampling.std, dtype=torch.float32).view(1, 3, 1, 1)
+    frames = (frames - mean) / std
+    canvas_h, canvas_w = sampling.canvas
+    frames = F.pad(frames, (0, canvas_w - new_w, 0, canvas_h - new_h), value=0.0)
+    return frames.permute(1, 0, 2, 3).contiguous(), (new_h, new_w), scale
