@@ -1,0 +1,116 @@
+"""params.yaml -> the typed config object of each stage (one path from a parameter to the code that uses it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from stages.evaluate import EvaluateConfig
+from stages.extract import BackboneConfig, ExtractConfig
+from stages.synth import SynthConfig
+from stages.train import TrainConfig
+from stages.video import ClipSampling
+
+C = TypeVar("C")
+
+
+class ParamsError(ValueError):
+    """params.yaml names a key the code does not know, or gives a value of the wrong kind."""
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    if not Path(path).exists():
+        raise ParamsError(f"no params file at {path}")
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def build(cls: type[C], values: Mapping[str, Any], where: str, **fixed: Any) -> C:
+    """Construct dataclass ``cls`` from a params section; unknown keys are an error naming ``where``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - (names - set(fixed)))
+    if unknown:
+        raise ParamsError(f"params {where}: unknown key(s) {unknown}; known: {sorted(names - set(fixed))}")
+    kwargs = {k: _coerce(hints[k], v) for k, v in values.items()}
+    try:
+        return cls(**{**kwargs, **fixed})
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"params {where}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """YAML gives lists and strings; dataclasses want tuples and Paths."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(options[0], value) if len(options) == 1 else value
+    if hint is Path:
+        return Path(value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def store_path(params: Mapping[str, Any], split: str) -> Path:
+    return Path(params["paths"]["cache"]) / f"{split}.zarr"
+
+
+def synth_config(params: Mapping[str, Any]) -> SynthConfig:
+    return build(SynthConfig, params.get("synth", {}), "synth")
+
+
+def sampling(params: Mapping[str, Any]) -> ClipSampling:
+    return build(ClipSampling, params.get("clip", {}), "clip")
+
+
+def extract_config(params: Mapping[str, Any], split: str) -> ExtractConfig:
+    return build(
+        ExtractConfig,
+        params.get("extract", {}),
+        "extract",
+        data_dir=Path(params["paths"]["data"]),
+        split=split,
+        out=store_path(params, split),
+        backbone=build(BackboneConfig, params.get("backbone", {}), "backbone"),
+        sampling=sampling(params),
+    )
+
+
+def train_config(params: Mapping[str, Any]) -> TrainConfig:
+    head = params.get("head", {})
+    return build(
+        TrainConfig,
+        params.get("train", {}),
+        "train",
+        store=store_path(params, "train"),
+        label_map=Path(params["paths"]["data"]) / "label_map.pbtxt",
+        out_dir=Path(params["paths"]["runs"]) / "train",
+        head=head.get("name", "linear"),
+        head_options=dict(head.get("options") or {}),
+    )
+
+
+def evaluate_config(params: Mapping[str, Any]) -> EvaluateConfig:
+    section = dict(params.get("evaluate", {}))
+    split = section.get("split", "val")
+    runs = Path(params["paths"]["runs"])
+    return build(
+        EvaluateConfig,
+        section,
+        "evaluate",
+        data_dir=Path(params["paths"]["data"]),
+        store=store_path(params, split),
+        checkpoint=runs / "train" / "head.pt",
+        out_dir=runs / "evaluate",
+    )

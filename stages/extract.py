@@ -1,0 +1,463 @@
+"""Stage one: run the backbone once over every keyframe clip and write the cache views of its boxes.
+
+Work is done shard by shard (a shard is a run of clips, see ``cache_spec.store``): a background thread decodes
+and preprocesses clips while the main thread runs the backbone, and a writer thread writes each finished
+shard in one go, so decoding, the forward pass and writing overlap. Shards that already have a completion
+record are skipped, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torchvision.ops import box_iou, roi_align
+from tqdm import tqdm
+
+from cache_spec import views as V
+from cache_spec.store import Store, create_store
+from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
+from stages.slowfast import SlowFast, SlowFastConfig, pool_context
+from stages.video import ClipSampling, VideoDecodeError, iter_keyframe_clips, preprocess_clip, video_info
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = (V.ROI_POOLED, V.CONTEXT_MAP)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone produces the features: a SlowFast preset, optionally with a checkpoint we wrote."""
+
+    preset: str = "small"  # small | r50 | r101
+    checkpoint: Path | None = None  # a state dict saved by `pipeline finetune` (loaded with weights_only)
+    seed: int = 0  # initialisation seed when there is no checkpoint
+
+    def slowfast_config(self) -> SlowFastConfig:
+        presets = {
+            "small": SlowFastConfig.small(),
+            "r50": SlowFastConfig(),
+            "r101": SlowFastConfig(depth_layers=(3, 4, 23, 3), fusion_kernel=5),
+        }
+        if self.preset not in presets:
+            raise ValueError(f"unknown backbone preset {self.preset!r}; choose one of {sorted(presets)}")
+        return presets[self.preset]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides the numbers in a store (it all enters the fingerprint) plus how to run."""
+
+    data_dir: Path
+    split: str
+    out: Path
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    sampling: ClipSampling = field(default_factory=ClipSampling)
+    views: tuple[str, ...] = DEFAULT_VIEWS
+    box_sources: tuple[str, ...] = ("gt", "det")
+    det_threshold: float = 0.5
+    label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
+    dtype: str = "float16"
+    clips_per_shard: int = 128
+    batch_clips: int = 8
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+# ---- the manifest ---------------------------------------------------------------------------------------------
+def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clips (keyframes with at least one box) and their boxes, from the AVA files of one split."""
+    data = Path(config.data_dir)
+    label_map = read_label_map(data / "label_map.pbtxt")
+    gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
+    gt = gt[gt["action_id"].isin(label_map.ids)]
+    parts = []
+    if "gt" in config.box_sources:
+        parts.append(_gt_boxes(gt))
+    if "det" in config.box_sources:
+        det = read_predicted_boxes(data / f"predicted_boxes_{config.split}.csv")
+        det = det[det["score"] >= config.det_threshold]
+        excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
+        det = det[~_keys(det).isin(_keys(excluded))]
+        parts.append(_label_detections(det, gt, config.label_iou))
+    boxes = pd.concat(parts, ignore_index=True)
+    boxes = boxes.sort_values(["video_id", "timestamp", "source", "score"], ascending=[True, True, False, False])
+    boxes = boxes.reset_index(drop=True)
+    keys = boxes.groupby(["video_id", "timestamp"], sort=False).size()
+    clips = keys.reset_index(name="box_count")
+    clips["box_start"] = np.concatenate([[0], np.cumsum(clips["box_count"].to_numpy())[:-1]])
+    clips["clip_index"] = np.arange(len(clips))
+    boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
+    boxes["box_index"] = np.arange(len(boxes))
+    _add_canvas_geometry(clips, boxes, data / "videos", config.sampling, config.backbone.slowfast_config().stride)
+    return clips, boxes.drop(columns=["video_id", "timestamp"])
+
+
+def _read_excluded(path: Path) -> pd.DataFrame:
+    return read_excluded_timestamps(path) if path.exists() else pd.DataFrame({"video_id": [], "timestamp": []})
+
+
+def _keys(frame: pd.DataFrame) -> pd.Series:
+    return frame["video_id"].astype(str) + "@" + frame["timestamp"].astype(str)
+
+
+def _gt_boxes(gt: pd.DataFrame) -> pd.DataFrame:
+    """One row per (keyframe, person) with all its action ids (AVA repeats the box once per action)."""
+    grouped = gt.groupby(["video_id", "timestamp", "person_id"], sort=True)
+    boxes = grouped[["x1", "y1", "x2", "y2"]].first().reset_index()
+    boxes["labels"] = grouped["action_id"].agg(lambda s: sorted(set(int(a) for a in s))).to_numpy()
+    boxes["source"] = "gt"
+    boxes["score"] = 1.0
+    return boxes
+
+
+def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd.DataFrame:
+    """Give each detection the labels of its best-overlapping GT box in the same keyframe (IoU >= min_iou)."""
+    gt_boxes = _gt_boxes(gt)
+    out = det[["video_id", "timestamp", "x1", "y1", "x2", "y2", "score"]].copy().reset_index(drop=True)
+    out["source"], out["person_id"] = "det", -1
+    labels: list[list[int]] = [[] for _ in range(len(out))]
+    gt_groups = {k: g for k, g in gt_boxes.groupby(["video_id", "timestamp"])}
+    coords = ["x1", "y1", "x2", "y2"]
+    for key, group in out.groupby(["video_id", "timestamp"]):
+        match = gt_groups.get(key)
+        if match is None:
+            continue
+        iou = box_iou(torch.tensor(group[coords].to_numpy()), torch.tensor(match[coords].to_numpy()))
+        best_iou, best = iou.max(dim=1)
+        for row, ok, j in zip(group.index, (best_iou >= min_iou).tolist(), best.tolist(), strict=True):
+            if ok:
+                labels[row] = list(match["labels"].iloc[j])
+                out.loc[row, "person_id"] = int(match["person_id"].iloc[j])
+    out["labels"] = labels
+    return out
+
+
+def _add_canvas_geometry(
+    clips: pd.DataFrame, boxes: pd.DataFrame, video_dir: Path, sampling: ClipSampling, stride: int
+) -> None:
+    """Frame size per clip, box pixels on the padded canvas, and the feature map's valid extent."""
+    sizes = {}
+    for video in clips["video_id"].unique():
+        try:
+            _, _, h, w = video_info(video_dir / f"{video}.mp4")
+        except VideoDecodeError as err:
+            log.warning("%s", err)
+            h, w = 0, 0
+        sizes[video] = (h, w)
+    hw = np.array([sizes[v] for v in clips["video_id"]], dtype=np.int64).reshape(-1, 2)
+    clips["frame_h"], clips["frame_w"] = hw[:, 0], hw[:, 1]
+    scale = np.array([_fit_scale(h, w, sampling) for h, w in hw])
+    valid_h = np.round(hw[:, 0] * scale).astype(np.int64)
+    valid_w = np.round(hw[:, 1] * scale).astype(np.int64)
+    clips["valid_h"] = -(-valid_h // stride)
+    clips["valid_w"] = -(-valid_w // stride)
+    per_box = boxes["clip_index"].to_numpy()
+    for norm, pixel, extent in (
+        ("x1", "cx1", valid_w),
+        ("x2", "cx2", valid_w),
+        ("y1", "cy1", valid_h),
+        ("y2", "cy2", valid_h),
+    ):
+        boxes[pixel] = boxes[norm].to_numpy() * extent[per_box]
+
+
+def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:
+    """The resize factor ``preprocess_clip`` applies (0 for an unreadable video)."""
+    if not height or not width:
+        return 0.0
+    canvas_h, canvas_w = sampling.canvas
+    return min(sampling.short_side / min(height, width), canvas_h / height, canvas_w / width)
+
+
+# ---- the backbone ---------------------------------------------------------------------------------------------
+def load_backbone(config: BackboneConfig) -> tuple[SlowFast, str]:
+    """The backbone in eval mode and a digest of its weights' origin (for the fingerprint)."""
+    torch.manual_seed(config.seed)
+    model = SlowFast(config.slowfast_config())
+    if config.checkpoint is None:
+        return model.eval(), f"random-init(seed={config.seed})"
+    path = Path(config.checkpoint)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("backbone", state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: checkpoint does not fit the {config.preset} backbone: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def store_dims(model: SlowFast, sampling: ClipSampling) -> dict[str, int]:
+    stride = model.config.stride
+    return {
+        "C": model.slow_channels + model.fast_channels,
+        "C_s": model.slow_channels,
+        "C_f": model.fast_channels,
+        "H": sampling.canvas[0] // stride,
+        "W": sampling.canvas[1] // stride,
+        "T_s": sampling.num_frames // model.config.alpha,
+        "T_f": sampling.num_frames,
+    }
+
+
+def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
+    """The fields that change a store's numbers; a reader asking for another value is refused."""
+    return {
+        "split": config.split,
+        "backbone": "slowfast",
+        "backbone_config": asdict(config.backbone.slowfast_config()),
+        "weights": weights,
+        "sampling": asdict(config.sampling),
+        "box_sources": list(config.box_sources),
+        "det_threshold": config.det_threshold,
+        "label_iou": config.label_iou,
+    }
+
+
+# ---- computing views ------------------------------------------------------------------------------------------
+def compute_views(
+    slow: torch.Tensor, fast: torch.Tensor, rois: torch.Tensor, views: Iterable[str], stride: int
+) -> dict[str, torch.Tensor]:
+    """All requested views of one batch. ``rois`` is [N, 5] (clip in batch, x1, y1, x2, y2 canvas pixels)."""
+    context = pool_context(slow, fast)
+    scale = 1.0 / stride
+    out: dict[str, torch.Tensor] = {}
+    spatial = None
+    for view in views:
+        if view in (V.ROI_POOLED, V.ROI_SPATIAL):
+            if spatial is None:
+                spatial = roi_align(context, rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
+            out[view] = spatial.amax(dim=(2, 3)) if view == V.ROI_POOLED else spatial
+        elif view == V.CONTEXT_MAP:
+            out[view] = context
+        elif view == V.CONTEXT_EXT:
+            out[view] = roi_align(context, _enlarge(rois, 2.0), 9, spatial_scale=scale, sampling_ratio=0, aligned=True)
+        elif view == V.ROI_TEMPORAL:
+            t_s = slow.shape[2]
+            fast_t = torch.nn.functional.adaptive_avg_pool3d(fast, (t_s, *fast.shape[-2:]))
+            per_t = torch.cat([slow, fast_t], dim=1)  # [B, C, T_s, H, W]
+            frames = per_t.permute(0, 2, 1, 3, 4).reshape(-1, per_t.shape[1], *per_t.shape[-2:])
+            frame_rois = rois.repeat_interleave(t_s, dim=0).clone()
+            frame_rois[:, 0] = frame_rois[:, 0] * t_s + torch.arange(t_s, dtype=rois.dtype).repeat(len(rois))
+            pooled = roi_align(frames, frame_rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
+            out[view] = pooled.amax(dim=(2, 3)).reshape(len(rois), t_s, -1).permute(0, 2, 1)
+        elif view == V.SLOW_TPOOL:
+            out[view] = slow.mean(dim=2)
+        elif view == V.FAST_SPOOL:
+            out[view] = fast.mean(dim=(3, 4))
+        elif view == V.SLOW_FULL:
+            out[view] = slow
+        elif view == V.FAST_FULL:
+            out[view] = fast
+        else:
+            raise KeyError(f"extraction cannot compute view {view!r}")
+    return out
+
+
+def _enlarge(rois: torch.Tensor, factor: float) -> torch.Tensor:
+    """Scale each box about its centre (PCCA's context box is the actor box enlarged 2x)."""
+    centre = (rois[:, 1:3] + rois[:, 3:5]) / 2
+    half = (rois[:, 3:5] - rois[:, 1:3]) * factor / 2
+    return torch.cat([rois[:, :1], centre - half, centre + half], dim=1)
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+@dataclass
+class _Clip:
+    shard: int
+    clip_index: int
+    tensor: torch.Tensor | None  # None: the video failed to decode
+    error: str = ""
+
+
+def decode_clips(
+    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling
+) -> Iterator[tuple[int, torch.Tensor | None, str]]:
+    """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
+
+    A video that fails to decode yields None (with the error) for its clips not yet produced, so one corrupt
+    file costs its own clips only.
+    """
+    for video, group in clips.groupby("video_id", sort=False):
+        indices = group["clip_index"].to_numpy()
+        ts_to_index = dict(zip(group["timestamp"].astype(float), indices.tolist(), strict=True))
+        done: set[int] = set()
+        try:
+            for ts, frames in iter_keyframe_clips(video_dir / f"{video}.mp4", list(ts_to_index), sampling):
+                done.add(ts_to_index[ts])
+                yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
+        except VideoDecodeError as err:
+            log.warning("skipping the rest of %s: %s", video, err)
+            for index in indices.tolist():
+                if index not in done:
+                    yield index, None, str(err)
+
+
+def _decode_shards(store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling) -> Iterator[_Clip]:
+    for shard in shards:
+        rng = store.shards[shard]
+        for index, tensor, error in decode_clips(store.clips.iloc[rng.clip_start : rng.clip_stop], video_dir, sampling):
+            yield _Clip(shard, index, tensor, error)
+
+
+def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
+    """Run a generator in a thread, handing items over through a bounded queue (errors re-raised here)."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+        q.put(end)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while (item := q.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
+
+
+@dataclass
+class ExtractSummary:
+    store: Path
+    clips: int
+    boxes: int
+    shards_written: int
+    shards_skipped: int
+    failed_videos: dict[str, str]
+
+
+def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> ExtractSummary:
+    """Build (or finish) the store for one split. Idempotent: finished shards are never redone."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, weights = load_backbone(config.backbone)
+    clips, boxes = build_manifest(config)
+    store = create_store(
+        config.out,
+        fingerprint=fingerprint(config, weights),
+        dims=store_dims(model, config.sampling),
+        views=config.views,
+        clips=clips,
+        boxes=boxes,
+        clips_per_shard=config.clips_per_shard,
+        dtype=config.dtype,
+    )
+    todo = store.missing_shards()
+    skipped = store.num_shards - len(todo)
+    if skipped:
+        log.info("%s: %d of %d shards already done, %d to go", store.path, skipped, store.num_shards, len(todo))
+    failures: dict[str, str] = {}
+    clip_video = store.clips["video_id"].to_numpy()
+    n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in todo)
+    clip_stream = in_background(
+        _decode_shards(store, todo, Path(config.data_dir) / "videos", config.sampling), maxsize=2 * config.batch_clips
+    )
+    pending: list[Future] = []
+    with (
+        ThreadPoolExecutor(max_workers=1) as writer,
+        progress(total=n_todo, unit="clip", desc=f"extract {config.split}") as bar,
+    ):
+        run_batch = _BatchRunner(model, store)
+        batch: list[_Clip] = []
+        for clip in _with_end_markers(clip_stream):
+            if clip is not None:
+                if clip.tensor is None:
+                    failures[str(clip_video[clip.clip_index])] = clip.error
+                batch.append(clip)
+            if batch and (clip is None or len(batch) == config.batch_clips):
+                run_batch(batch)
+                bar.update(len(batch))
+                batch = []
+            for shard, buf in run_batch.finished_shards():
+                pending.append(writer.submit(store.write_shard, shard, buf.arrays, buf.failed))
+        for future in pending:
+            future.result()
+    if failures:
+        table = pa.table({"video_id": list(failures), "error": list(failures.values())})
+        pq.write_table(table, store.path / "failures.parquet")
+        log.warning("%d video(s) failed to decode; listed in %s", len(failures), store.path / "failures.parquet")
+    return ExtractSummary(store.path, len(store.clips), len(store.boxes), len(todo), skipped, failures)
+
+
+def _with_end_markers(clips: Iterator[_Clip]) -> Iterator[_Clip | None]:
+    """Insert None whenever the shard changes (and at the end), so batches never span two shards."""
+    current = None
+    for clip in clips:
+        if current is not None and clip.shard != current:
+            yield None
+        current = clip.shard
+        yield clip
+    yield None
+
+
+class _ShardBuffer:
+    """The arrays of one shard being filled clip by clip."""
+
+    def __init__(self, store: Store, shard: int):
+        self.range = store.shards[shard]
+        self.arrays = {}
+        for view in store.views:
+            lo, hi = self.range.rows(V.get_view(view).rows)
+            self.arrays[view] = np.zeros((hi - lo, *store.row_shape(view)), dtype=store.dtype)
+        self.remaining = self.range.clip_stop - self.range.clip_start
+        self.failed: list[int] = []
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0
+
+
+class _BatchRunner:
+    """Runs the backbone on a batch of clips and files each view's rows into its shard's buffer."""
+
+    def __init__(self, model: SlowFast, store: Store):
+        self.model, self.store = model, store
+        self.box_start = store.clips["box_start"].to_numpy()
+        self.box_count = store.clips["box_count"].to_numpy()
+        self.canvas_boxes = store.boxes[["cx1", "cy1", "cx2", "cy2"]].to_numpy(np.float32)
+        self.buffers: dict[int, _ShardBuffer] = {}
+
+    @torch.inference_mode()
+    def __call__(self, batch: list[_Clip]) -> None:
+        shard = batch[0].shard
+        buf = self.buffers.setdefault(shard, _ShardBuffer(self.store, shard))
+        buf.remaining -= len(batch)
+        buf.failed.extend(c.clip_index for c in batch if c.tensor is None)
+        good = [c for c in batch if c.tensor is not None]
+        if not good:
+            return
+        index = np.array([c.clip_index for c in good])
+        counts = self.box_count[index]
+        box_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.box_start[index], counts, strict=True)])
+        owner = torch.from_numpy(np.repeat(np.arange(len(good)), counts).astype(np.float32))
+        rois = torch.cat([owner[:, None], torch.from_numpy(self.canvas_boxes[box_rows])], dim=1)
+        slow, fast = self.model(torch.stack([c.tensor for c in good]))
+        computed = compute_views(slow, fast, rois, self.store.views, self.model.config.stride)
+        for view, values in computed.items():
+            by_clip = V.get_view(view).rows == "clips"
+            rows = index - buf.range.clip_start if by_clip else box_rows - buf.range.box_start
+            buf.arrays[view][rows] = values.float().numpy()
+
+    def finished_shards(self) -> list[tuple[int, _ShardBuffer]]:
+        done = [s for s, buf in self.buffers.items() if buf.complete]
+        return [(s, self.buffers.pop(s)) for s in done]

@@ -1,0 +1,133 @@
+"""End-to-end fine-tuning of the backbone with the linear RoI head: the "SlowFast detection" baseline.
+
+A randomly initialised backbone gives features a linear head can hardly use, and no pretrained weights can be
+downloaded here, so ``dvc repro`` fine-tunes a small SlowFast on the synthetic train split first; ``extract``
+then loads the checkpoint this writes. On real data the same stage fine-tunes from an imported checkpoint.
+Clips are decoded once and kept in memory (float16) for all epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stages.ava_io import read_label_map
+from stages.extract import BackboneConfig, ExtractConfig, build_manifest, decode_clips, in_background, load_backbone
+from stages.slowfast import SlowFast, pool_context, roi_pool_features
+from stages.train import multi_hot, resolve_device
+from stages.video import ClipSampling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data_dir: Path
+    out: Path  # the checkpoint extract loads (backbone state dict under "backbone")
+    split: str = "train"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts
+    sampling: ClipSampling = field(default_factory=ClipSampling)
+    epochs: int = 12
+    batch_clips: int = 8
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    dropout: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+
+
+class RoIDetector(nn.Module):
+    """Backbone + the linear RoI head, trained together (PySlowFast's AVA detection model)."""
+
+    def __init__(self, backbone: SlowFast, num_classes: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(backbone.slow_channels + backbone.fast_channels, num_classes)
+
+    def forward(self, clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        context = pool_context(*self.backbone(clips))
+        pooled = roi_pool_features(context, rois[:, 1:], rois[:, 0], spatial_scale=1 / self.backbone.config.stride)
+        return self.classifier(self.dropout(pooled))
+
+
+def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dict[str, float]:
+    """Train backbone + linear head on the split's ground-truth boxes; save the backbone's weights."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    class_ids = read_label_map(Path(config.data_dir) / "label_map.pbtxt").ids
+    manifest_config = ExtractConfig(
+        data_dir=config.data_dir,
+        split=config.split,
+        out=config.out,
+        backbone=config.backbone,
+        sampling=config.sampling,
+        box_sources=("gt",),
+    )
+    clips, boxes = build_manifest(manifest_config)
+    decoded = {}
+    for index, tensor, error in progress(
+        in_background(decode_clips(clips, Path(config.data_dir) / "videos", config.sampling), maxsize=16),
+        total=len(clips),
+        desc="decode clips",
+        unit="clip",
+    ):
+        if tensor is None:
+            log.warning("clip %d left out of fine-tuning: %s", index, error)
+        else:
+            decoded[index] = tensor.half()
+    usable = np.array(sorted(decoded))
+    targets = torch.from_numpy(multi_hot(boxes["labels"], class_ids))
+    canvas_boxes = torch.from_numpy(boxes[["cx1", "cy1", "cx2", "cy2"]].to_numpy(np.float32))
+    box_start, box_count = clips["box_start"].to_numpy(), clips["box_count"].to_numpy()
+
+    backbone, _ = load_backbone(config.backbone)
+    model = RoIDetector(backbone, len(class_ids), config.dropout).to(device).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * -(-len(usable) // config.batch_clips)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=config.lr, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    curve, start = [], time.perf_counter()
+    for epoch in progress(range(config.epochs), desc="finetune", unit="epoch"):
+        total, n = 0.0, 0
+        order = generator.permutation(usable)
+        for lo in range(0, len(order), config.batch_clips):
+            batch = order[lo : lo + config.batch_clips]
+            rows = np.concatenate([np.arange(box_start[c], box_start[c] + box_count[c]) for c in batch])
+            owner = torch.from_numpy(np.repeat(np.arange(len(batch)), box_count[batch]).astype(np.float32))
+            rois = torch.cat([owner[:, None], canvas_boxes[rows]], dim=1).to(device)
+            inputs = torch.stack([decoded[c] for c in batch]).to(device).float()
+            loss = loss_fn(model(inputs, rois), targets[rows].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total, n = total + loss.item() * len(rows), n + len(rows)
+        curve.append({"epoch": epoch + 1, "loss": total / n})
+        log.info("finetune epoch %d: loss %.4f", epoch + 1, total / n)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"backbone": model.backbone.state_dict(), "class_ids": list(class_ids)}, config.out)
+    metrics = {
+        "final_loss": curve[-1]["loss"],
+        "epochs": config.epochs,
+        "clips": int(len(usable)),
+        "seconds": time.perf_counter() - start,
+    }
+    out_dir = config.out.parent
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "curve.tsv").write_text("epoch\tloss\n" + "".join(f"{c['epoch']}\t{c['loss']:.6f}\n" for c in curve))
+    return metrics

@@ -1,0 +1,214 @@
+"""Tests for the synthetic AVA-layout data set: layout, readability, determinism, labels and pixels agree."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.ava_io import (
+    BOX_COLUMNS,
+    read_annotations,
+    read_excluded_timestamps,
+    read_label_map,
+    read_predicted_boxes,
+)
+from stages.synth import (
+    GIVE,
+    LISTEN,
+    POSES,
+    STAND,
+    SYNTH_CLASSES,
+    TAKE,
+    TALK,
+    WATCH,
+    SynthConfig,
+    generate,
+    make_scenes,
+    split_tables,
+)
+
+TINY = SynthConfig(seed=7, num_videos_train=2, num_videos_val=1, duration_s=3, excluded_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    out = tmp_path_factory.mktemp("synth_tiny")
+    return out, generate(TINY, out)
+
+
+@pytest.fixture(scope="module")
+def default_scenes() -> list:
+    return make_scenes(SynthConfig())
+
+
+def _csvs(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*") if p.suffix in (".csv", ".pbtxt"))
+
+
+def test_layout(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, counts = tiny
+    expected = [
+        "label_map.pbtxt",
+        "annotations/train.csv",
+        "annotations/val.csv",
+        "excluded_timestamps_train.csv",
+        "excluded_timestamps_val.csv",
+        "predicted_boxes_train.csv",
+        "predicted_boxes_val.csv",
+        "videos/synth_train_000.mp4",
+        "videos/synth_train_001.mp4",
+        "videos/synth_val_000.mp4",
+    ]
+    for name in expected:
+        assert (out / name).is_file(), name
+    assert len(list((out / "videos").iterdir())) == 3
+    assert counts["train_videos"] == 2 and counts["val_videos"] == 1
+    assert counts["train_keyframes"] + counts["train_excluded"] == 2 * (TINY.duration_s - 1)
+
+
+def test_csvs_are_readable_ava(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, counts = tiny
+    label_map = read_label_map(out / "label_map.pbtxt")
+    assert label_map == SYNTH_CLASSES
+    for split in ("train", "val"):
+        ann = read_annotations(out / "annotations" / f"{split}.csv", label_map)
+        pred = read_predicted_boxes(out / f"predicted_boxes_{split}.csv")
+        excluded = read_excluded_timestamps(out / f"excluded_timestamps_{split}.csv")
+        assert len(ann) == counts[f"{split}_rows"] and len(pred) == counts[f"{split}_predicted_boxes"]
+        assert set(ann["video_id"]) <= {p.stem for p in (out / "videos").iterdir()}
+        assert pred["action_id"].isna().all()
+        assert ann["timestamp"].between(1, TINY.duration_s - 1).all()
+        # Excluded keyframes are gone from the ground truth but still have detections.
+        keys = set(zip(ann["video_id"], ann["timestamp"], strict=True))
+        for video_id, timestamp in zip(excluded["video_id"], excluded["timestamp"], strict=True):
+            assert (video_id, timestamp) not in keys
+            assert ((pred["video_id"] == video_id) & (pred["timestamp"] == timestamp)).any()
+    assert counts["train_excluded"] + counts["val_excluded"] >= 1
+
+
+def test_csvs_are_deterministic(tiny: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    out, _ = tiny
+    generate(TINY, tmp_path / "again")
+    generate(replace(TINY, seed=8), tmp_path / "other")
+    for path in _csvs(out):
+        relative = path.relative_to(out)
+        assert (tmp_path / "again" / relative).read_bytes() == path.read_bytes(), relative
+    assert (tmp_path / "other" / "annotations" / "train.csv").read_bytes() != (
+        out / "annotations" / "train.csv"
+    ).read_bytes()
+
+
+def _one_pose_each(ann: pd.DataFrame) -> None:
+    poses = ann[ann["action_id"].isin(POSES)].groupby(["video_id", "timestamp", "person_id"]).size()
+    actors = ann.groupby(["video_id", "timestamp", "person_id"]).size()
+    assert len(poses) == len(actors)
+    assert (poses == 1).all()
+
+
+def test_every_actor_has_exactly_one_pose(tiny: tuple[Path, dict[str, int]], default_scenes: list) -> None:
+    out, _ = tiny
+    _one_pose_each(read_annotations(out / "annotations" / "train.csv"))
+    _one_pose_each(pd.concat([s.annotations for s in default_scenes]))
+
+
+def test_every_keyframe_annotates_every_actor(default_scenes: list) -> None:
+    for scene in default_scenes[:6]:
+        per_keyframe = scene.annotations.groupby("timestamp")["person_id"].nunique()
+        assert per_keyframe.index.tolist() == scene.keyframes
+        assert (per_keyframe == len(scene.actors)).all()
+
+
+def test_video_decodes_with_expected_frames(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, _ = tiny
+    with av.open(str(out / "videos" / "synth_val_000.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert abs(len(frames) - TINY.duration_s * TINY.fps) <= 1
+    assert frames[0].shape == (TINY.height, TINY.width, 3)
+
+
+def test_actors_are_where_the_boxes_say(tiny: tuple[Path, dict[str, int]]) -> None:
+    """In the decoded video, each GT box region differs clearly from the same region of the empty background,
+    while a region away from every actor does not."""
+    out, _ = tiny
+    scene = next(s for s in make_scenes(TINY) if s.video_id == "synth_train_000")
+    with av.open(str(out / "videos" / f"{scene.video_id}.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    background = scene.background.astype(np.float64)
+    boxes = scene.annotations.drop_duplicates(["timestamp", "person_id"])
+    for timestamp, group in boxes.groupby("timestamp"):
+        frame = frames[int(timestamp) * scene.fps].astype(np.float64)
+        covered = np.zeros(frame.shape[:2], dtype=bool)
+        for x1, y1, x2, y2 in group[BOX_COLUMNS].to_numpy():
+            cols = slice(int(x1 * scene.width), int(np.ceil(x2 * scene.width)))
+            rows = slice(int(y1 * scene.height), int(np.ceil(y2 * scene.height)))
+            covered[rows, cols] = True
+            assert np.abs(frame[rows, cols] - background[rows, cols]).mean() > 8.0
+        # Outside the boxes only small objects and codec noise differ from the background.
+        assert np.median(np.abs(frame[~covered] - background[~covered])) < 8.0
+
+
+def test_relational_labels_come_in_pairs(default_scenes: list) -> None:
+    for scene in default_scenes:
+        for _, keyframe in scene.annotations.groupby("timestamp"):
+            labels = keyframe["action_id"].value_counts()
+            assert labels.get(GIVE, 0) == labels.get(TAKE, 0)
+            assert labels.get(TALK, 0) == labels.get(LISTEN, 0)
+
+
+def test_cues_match_labels(default_scenes: list) -> None:
+    """Talkers show the cue at the keyframe, listeners never do; watchers show the eye and face someone."""
+    for scene in default_scenes:
+        for row in scene.annotations.itertuples():
+            actor = scene.actors[row.person_id]
+            f = row.timestamp * scene.fps
+            if row.action_id == TALK:
+                assert actor.talking[f]
+            if row.action_id == LISTEN:
+                assert not actor.talking[f - scene.fps : f + scene.fps + 1].any()
+            if row.action_id == WATCH:
+                assert actor.gaze[f]
+                side = actor.facing[f] * np.array([o.x[f] - actor.x[f] for o in scene.actors if o is not actor])
+                assert (side > 0).any()
+
+
+def test_class_frequencies_are_long_tailed(default_scenes: list) -> None:
+    train = split_tables(default_scenes, SynthConfig(), "train")["annotations"]
+    counts = train["action_id"].value_counts()
+    assert set(counts.index) == set(SYNTH_CLASSES.ids)
+    assert counts.idxmax() == STAND
+    assert counts.max() / counts.min() >= 20
+
+
+def test_detections_overlap_ground_truth(default_scenes: list) -> None:
+    scene = default_scenes[0]
+    gt = scene.annotations.drop_duplicates(["timestamp", "person_id"])
+    pred = scene.predicted_boxes
+    good = pred[pred["score"] >= 0.7]
+    assert pred["score"].between(0.05, 1.0).all()
+    ious = []
+    for timestamp, boxes in gt.groupby("timestamp"):
+        candidates = good[good["timestamp"] == timestamp][BOX_COLUMNS].to_numpy()
+        for box in boxes[BOX_COLUMNS].to_numpy():
+            if len(candidates):
+                ious.append(_iou(box, candidates).max())
+    assert np.median(ious) > 0.7
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], others[:, 0]), np.maximum(box[1], others[:, 1])
+    x2, y2 = np.minimum(box[2], others[:, 2]), np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return inter / (area + (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1]) - inter)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="even"):
+        SynthConfig(width=161)
+    with pytest.raises(ValueError, match="min_actors"):
+        SynthConfig(min_actors=3, max_actors=2)
