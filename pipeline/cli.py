@@ -44,6 +44,15 @@ def synth(
 
 
 @app.command()
+def finetune(params: ParamsOption = Path("params.yaml")) -> None:
+    """Fine-tune the backbone end to end with the linear RoI head; writes the checkpoint extract loads."""
+    from stages.finetune import finetune as run
+
+    metrics = run(cfg.finetune_config(cfg.load_params(params)))
+    log.info("fine-tuned backbone: %s", metrics)
+
+
+@app.command()
 def extract(
     split: Annotated[str, typer.Option(help="Which split to extract (train, val, ...).")] = "train",
     params: ParamsOption = Path("params.yaml"),

@@ -13,6 +13,7 @@ import yaml
 
 from stages.evaluate import EvaluateConfig
 from stages.extract import BackboneConfig, ExtractConfig
+from stages.finetune import FinetuneConfig
 from stages.synth import SynthConfig
 from stages.train import TrainConfig
 from stages.video import ClipSampling
@@ -83,6 +84,24 @@ def extract_config(params: Mapping[str, Any], split: str) -> ExtractConfig:
         split=split,
         out=store_path(params, split),
         backbone=build(BackboneConfig, params.get("backbone", {}), "backbone"),
+        sampling=sampling(params),
+    )
+
+
+def finetune_config(params: Mapping[str, Any]) -> FinetuneConfig:
+    section = dict(params.get("finetune", {}))
+    backbone = dict(params.get("backbone", {}))
+    backbone["checkpoint"] = section.pop("init_checkpoint", None)
+    checkpoint = params.get("backbone", {}).get("checkpoint")
+    if not checkpoint:
+        raise ParamsError("params backbone.checkpoint must name the file finetune writes (it is null)")
+    return build(
+        FinetuneConfig,
+        section,
+        "finetune",
+        data_dir=Path(params["paths"]["data"]),
+        out=Path(checkpoint),
+        backbone=build(BackboneConfig, backbone, "backbone"),
         sampling=sampling(params),
     )
 

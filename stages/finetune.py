@@ -35,7 +35,7 @@ class FinetuneConfig:
     data_dir: Path
     out: Path  # the checkpoint extract loads (backbone state dict under "backbone")
     split: str = "train"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts (its checkpoint)
     sampling: ClipSampling = field(default_factory=ClipSampling)
     epochs: int = 12
     batch_clips: int = 8
