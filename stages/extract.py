@@ -192,12 +192,21 @@ def load_backbone(config: BackboneConfig) -> tuple[SlowFast, str]:
     path = Path(config.checkpoint)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("backbone", state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
         raise ValueError(
-            f"{path}: checkpoint does not fit the {config.preset} backbone: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
+            f"{path}: checkpoint does not fit the {config.preset!r} backbone: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} shape mismatches "
+            f"{mismatched[:3]}"
         )
+    model.load_state_dict(state)
     return model.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 

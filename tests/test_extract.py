@@ -1,0 +1,123 @@
+"""Stage one on real (tiny synthetic) videos: store contents, refusal, interruption and resume, corrupt videos."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from cache_spec.reader import ClipBatchLoader
+from cache_spec.store import StoreMismatchError, open_store
+from cache_spec.views import CONTEXT_MAP, ROI_POOLED, ROI_SPATIAL
+from pipeline.config import extract_config
+from stages.ava_io import read_annotations
+from stages.extract import compute_views, extract
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    """A tqdm stand-in that interrupts the run after ``n`` progress updates (like Ctrl-C mid-run)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, k: int) -> None:
+        self.n -= 1
+        if self.n < 0:
+            raise _Interrupt
+
+
+def test_store_holds_every_keyframe_and_box_with_sources(tiny_params, tiny_data):
+    config = extract_config(tiny_params, "train")
+    summary = extract(config)
+    store = open_store(config.out)
+    assert store.is_complete() and summary.failed_videos == {}
+    gt = read_annotations(tiny_data / "annotations" / "train.csv")
+    gt_actors = gt.drop_duplicates(["video_id", "timestamp", "person_id"])
+    boxes = store.boxes.merge(store.clips[["clip_index", "video_id", "timestamp"]], on="clip_index")
+    assert (boxes["source"] == "gt").sum() == len(gt_actors)
+    assert set(boxes["source"]) == {"gt", "det"}
+    assert (boxes.loc[boxes["source"] == "det", "score"] >= config.det_threshold).all()
+    # every GT actor's labels are carried into the manifest
+    merged = boxes[boxes["source"] == "gt"].merge(gt_actors, on=["video_id", "timestamp", "person_id"])
+    assert len(merged) == len(gt_actors)
+    pooled, context = store.read_view(ROI_POOLED), store.read_view(CONTEXT_MAP)
+    assert pooled.shape == (len(store.boxes), store.dims["C"]) and pooled.dtype == np.float16
+    assert context.shape == (len(store.clips), store.dims["C"], store.dims["H"], store.dims["W"])
+    assert np.isfinite(pooled).all() and pooled.std() > 0
+    # 120x160 frames resized to short side 112 are 112x149 on the 128x160 canvas: 7 of 8 map rows, 10 of 10 columns
+    assert (store.clips["valid_h"] == 7).all() and (store.clips["valid_w"] == 10).all()
+    assert store.dims["H"] == 8 and store.dims["W"] == 10
+    assert store.fingerprint["weights"].startswith("random-init")
+
+
+def test_rois_pool_from_their_own_clip_and_position():
+    # Two clips; a hot feature at one map cell of clip 1 only. A box over that cell sees it, the same box on
+    # clip 0 and a box elsewhere on clip 1 do not.
+    slow = torch.zeros(2, 4, 2, 6, 6)
+    fast = torch.zeros(2, 2, 8, 6, 6)
+    slow[1, :, :, 4, 1] = 1.0
+    rois = torch.tensor([[1, 0, 48, 48, 96], [0, 0, 48, 48, 96], [1, 48, 0, 96, 48]], dtype=torch.float32)
+    views = compute_views(slow, fast, rois, [ROI_POOLED, ROI_SPATIAL, CONTEXT_MAP], stride=16)
+    assert views[ROI_POOLED].shape == (3, 6)
+    assert views[ROI_POOLED][0, :4].min() > 0.5
+    assert views[ROI_POOLED][1].abs().max() == 0 and views[ROI_POOLED][2].abs().max() == 0
+    assert views[ROI_SPATIAL].shape == (3, 6, 7, 7)
+    assert torch.equal(views[CONTEXT_MAP][1, :4, 4, 1], torch.ones(4))
+
+
+def test_other_configuration_is_refused_naming_the_field(tiny_params):
+    config = extract_config(tiny_params, "val")
+    extract(config)
+    with pytest.raises(StoreMismatchError, match="det_threshold: store has 0.5, asked for 0.7"):
+        extract(replace(config, det_threshold=0.7))
+
+
+def test_interrupted_extraction_resumes_to_the_uninterrupted_result(tiny_params, tmp_path):
+    config = extract_config(tiny_params, "train")
+    reference = extract(replace(config, out=tmp_path / "reference.zarr"))
+    with pytest.raises(_Interrupt):
+        extract(config, progress=_StopAfter(3))
+    partial = open_store(config.out)
+    done = partial.completed_shards()
+    assert 0 < len(done) < partial.num_shards  # stopped part-way, finished shards kept
+    summary = extract(config)
+    assert summary.shards_skipped == len(done)
+    assert summary.shards_written == partial.num_shards - len(done)
+    resumed, full = open_store(config.out), open_store(reference.store)
+    assert resumed.verify() == []
+    for view in (ROI_POOLED, CONTEXT_MAP):
+        np.testing.assert_array_equal(resumed.read_view(view), full.read_view(view))
+
+
+def test_corrupt_video_is_recorded_and_the_rest_completes(tiny_params, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+    victim.write_bytes(victim.read_bytes()[:2000])  # truncated mid-stream
+    tiny_params["paths"]["data"] = str(data)
+    config = extract_config(tiny_params, "train")
+    summary = extract(config)
+    assert list(summary.failed_videos) == [victim.stem]
+    store = open_store(config.out)
+    assert store.is_complete() and (store.path / "failures.parquet").exists()
+    failed = store.failed_clips()
+    assert len(failed) > 0 and set(store.clips.loc[failed, "video_id"]) == {victim.stem}
+    loader = ClipBatchLoader(store, [ROI_POOLED], shuffle=False)
+    seen = np.concatenate([b.clip_index for b in loader])
+    assert not np.isin(seen, failed).any() and len(seen) == len(store.clips) - len(failed)

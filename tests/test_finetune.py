@@ -1,0 +1,35 @@
+"""End-to-end fine-tuning writes a backbone checkpoint that extraction loads (and refuses a wrong one)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from pipeline.config import extract_config, finetune_config
+from stages.extract import BackboneConfig, load_backbone
+from stages.finetune import finetune
+from stages.slowfast import SlowFast, SlowFastConfig
+
+
+def test_finetuned_checkpoint_changes_the_weights_and_loads_into_extract(tiny_params, tmp_path):
+    tiny_params["backbone"]["checkpoint"] = str(tmp_path / "ft" / "backbone.pt")
+    config = finetune_config(tiny_params)
+    metrics = finetune(config)
+    assert metrics["epochs"] == 1 and metrics["clips"] > 0
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["final_loss"] == metrics["final_loss"]
+    tuned, digest = load_backbone(extract_config(tiny_params, "train").backbone)
+    initial, _ = load_backbone(BackboneConfig(preset="small", seed=config.backbone.seed))
+    assert len(digest) == 16
+    changed = [k for k, v in tuned.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
+    assert any(k.startswith("s1.pathway0_stem.conv") for k in changed)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    other = SlowFast(replace(SlowFastConfig.small(), width=16))
+    path = tmp_path / "other.pt"
+    torch.save({"backbone": other.state_dict()}, path)
+    with pytest.raises(ValueError, match="does not fit the 'small' backbone.*190 shape mismatches"):
+        load_backbone(BackboneConfig(preset="small", checkpoint=path))
