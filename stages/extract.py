@@ -29,6 +29,7 @@ from tqdm import tqdm
 from cache_spec import views as V
 from cache_spec.store import Store, create_store
 from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
+from stages.checkpoints import load_backbone_checkpoint
 from stages.slowfast import SlowFast, SlowFastConfig, pool_context
 from stages.video import ClipSampling, VideoDecodeError, iter_keyframe_clips, preprocess_clip, video_info
 
@@ -43,7 +44,8 @@ class BackboneConfig:
     """Which backbone produces the features: a SlowFast preset, optionally with a checkpoint we wrote."""
 
     preset: str = "small"  # small | r50 | r101
-    checkpoint: Path | None = None  # a state dict saved by `pipeline finetune` (loaded with weights_only)
+    checkpoint: Path | None = None  # `pipeline finetune` output or a public checkpoint (stages/checkpoints.py)
+    checkpoint_layout: str = "auto"  # pyslowfast | caffe2 | pytorchvideo | mmaction2 | acar | auto
     seed: int = 0  # initialisation seed when there is no checkpoint
 
     def slowfast_config(self) -> SlowFastConfig:
@@ -190,23 +192,7 @@ def load_backbone(config: BackboneConfig) -> tuple[SlowFast, str]:
     if config.checkpoint is None:
         return model.eval(), f"random-init(seed={config.seed})"
     path = Path(config.checkpoint)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("backbone", state)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path}: checkpoint does not fit the {config.preset!r} backbone: {len(missing)} missing keys "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} shape mismatches "
-            f"{mismatched[:3]}"
-        )
-    model.load_state_dict(state)
+    load_backbone_checkpoint(model, path, config.checkpoint_layout)
     return model.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FinetuneConfig:
     data_dir: Path
-    out: Path  # the checkpoint extract loads (backbone state dict under "backbone")
+    out: Path  # the checkpoint extract loads (PySlowFast layout: backbone state dict under "model_state")
     split: str = "train"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts (its checkpoint)
     sampling: ClipSampling = field(default_factory=ClipSampling)
@@ -120,7 +120,8 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
         curve.append({"epoch": epoch + 1, "loss": total / n})
         log.info("finetune epoch %d: loss %.4f", epoch + 1, total / n)
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"backbone": model.backbone.state_dict(), "class_ids": list(class_ids)}, config.out)
+    # PySlowFast's checkpoint layout, so extract loads it like any public checkpoint
+    torch.save({"model_state": model.backbone.state_dict(), "class_ids": list(class_ids)}, config.out)
     metrics = {
         "final_loss": curve[-1]["loss"],
         "epochs": config.epochs,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import extract_config, finetune_config
+from stages.checkpoints import CheckpointError
 from stages.extract import BackboneConfig, load_backbone
 from stages.finetune import finetune
 from stages.slowfast import SlowFast, SlowFastConfig
@@ -30,6 +31,9 @@ def test_finetuned_checkpoint_changes_the_weights_and_loads_into_extract(tiny_pa
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     other = SlowFast(replace(SlowFastConfig.small(), width=16))
     path = tmp_path / "other.pt"
-    torch.save({"backbone": other.state_dict()}, path)
-    with pytest.raises(ValueError, match="does not fit the 'small' backbone.*190 shape mismatches"):
+    torch.save({"model_state": other.state_dict()}, path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"190 shape mismatches(.|\n)*s1\.pathway0_stem\.conv\.weight: checkpoint \(16, 3, 1, 7, 7\)",
+    ):
         load_backbone(BackboneConfig(preset="small", checkpoint=path))
