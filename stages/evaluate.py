@@ -81,8 +81,8 @@ def evaluate(config: EvaluateConfig) -> dict:
     label_map = read_label_map(data / "label_map.pbtxt")
     store = open_store(config.store)
     device = resolve_device(config.device)
-    model, class_ids = load_head(config.checkpoint, device)
-    rows, scores = predict(model, store, config.box_source, device=device)
+    model, loss, class_ids = load_head(config.checkpoint, device)
+    rows, scores = predict(model, loss, store, config.box_source, device=device)
     gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
     excluded_path = data / f"excluded_timestamps_{config.split}.csv"
     excluded = read_excluded_timestamps(excluded_path) if excluded_path.exists() else None

@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from cache_spec.reader import ClipBatch, ClipBatchLoader
 from cache_spec.store import Store, open_store
 from heads import HEADS, Head, build_head
-from stages.ava_io import read_label_map
+from stages.ava_io import POSE, LabelMap, read_label_map
+from stages.losses import ActionLoss
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class TrainConfig:
     head: str = "linear"
     head_options: Mapping[str, Any] = field(default_factory=lambda: {"dropout": 0.5})
     box_source: str = "gt"  # which boxes to train on: gt | det (detections labelled by IoU) | all
+    loss: str = "bce"  # bce | pose_softmax (softmax over the label map's pose classes + sigmoid for the rest)
     epochs: int = 30
     batch_clips: int = 16
     lr: float = 1e-3
@@ -87,8 +88,15 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     store = open_store(config.store)
-    class_ids = read_label_map(config.label_map).ids
+    label_map = read_label_map(config.label_map)
+    class_ids = label_map.ids
     head_cls = _head_class(config.head)
+    missing = [v for v in head_cls.views if v not in store.views]
+    if missing:
+        raise ValueError(
+            f"head {config.head!r} reads view(s) {missing} that store {store.path} lacks (it holds "
+            f"{', '.join(store.views)}). Add them with: pipeline extract --split <split> --heads {config.head}"
+        )
     model = build_head(config.head, store.dims, len(class_ids), **dict(config.head_options)).to(device)
     loader = ClipBatchLoader(
         store,
@@ -103,7 +111,7 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     targets = torch.from_numpy(multi_hot(store.boxes["labels"], class_ids))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * len(loader))
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = action_loss(config.loss, label_map).to(device)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     curve = []
     start = time.perf_counter()
@@ -130,6 +138,8 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
             "options": dict(config.head_options),
             "dims": dict(store.dims),
             "class_ids": list(class_ids),
+            "loss": config.loss,
+            "pose_columns": [i for i, c in enumerate(class_ids) if label_map.categories[c] == POSE],
             "store_fingerprint": json.dumps(store.fingerprint, sort_keys=True, default=str),
             "state_dict": model.state_dict(),
         },
@@ -148,32 +158,43 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     return result
 
 
+def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
+    """The loss for ``kind`` with pose columns taken from the label map's categories."""
+    return ActionLoss(kind, [i for i, c in enumerate(label_map.ids) if label_map.categories[c] == POSE])
+
+
 def _head_class(name: str) -> type[Head]:
     if name not in HEADS:
         raise KeyError(f"unknown head {name!r}; available: {', '.join(sorted(HEADS))}")
     return HEADS[name]
 
 
-def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, list[int]]:
-    """A trained head in eval mode and its class ids (weights_only: nothing in the file is executed)."""
+def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, ActionLoss, list[int]]:
+    """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
     model = build_head(state["head"], state["dims"], len(state["class_ids"]), **state["options"])
     model.load_state_dict(state["state_dict"])
-    return model.to(device).eval(), [int(c) for c in state["class_ids"]]
+    loss = ActionLoss(state.get("loss", "bce"), state.get("pose_columns", [])).to(device)
+    return model.to(device).eval(), loss, [int(c) for c in state["class_ids"]]
 
 
 @torch.inference_mode()
 def predict(
-    model: Head, store: Store, source: str = "det", batch_clips: int = 64, device: torch.device | str = "cpu"
+    model: Head,
+    loss: ActionLoss,
+    store: Store,
+    source: str = "det",
+    batch_clips: int = 64,
+    device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores [n_boxes, n_classes] for the store's ``source`` boxes, with their box rows (sorted)."""
+    """Class scores [n_boxes, n_classes] for the store's ``source`` boxes, with their box rows (sorted)."""
     loader = ClipBatchLoader(
         store, model.views, batch_clips=batch_clips, shuffle=False, box_mask=box_mask(store, source)
     )
     rows, scores = [], []
     for batch in loader:
         views, box_clip = to_tensors(batch, torch.device(device))
-        scores.append(torch.sigmoid(model(views, box_clip)).float().cpu().numpy())
+        scores.append(loss.scores(model(views, box_clip)).float().cpu().numpy())
         rows.append(batch.box_index)
     if not rows:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)

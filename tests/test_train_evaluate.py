@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -48,9 +49,9 @@ def test_train_writes_checkpoint_curve_and_metrics_and_loss_falls(stores):
     assert list(curve["epoch"]) == [1, 2, 3] and curve["loss"].iloc[-1] < curve["loss"].iloc[0]
     metrics = json.loads((config.out_dir / "metrics.json").read_text())
     assert metrics["train_boxes"] == (open_store(config.store).boxes["source"] == "gt").sum()
-    model, class_ids = load_head(result.checkpoint)
+    model, loss, class_ids = load_head(result.checkpoint)
     assert class_ids == read_label_map(config.label_map).ids
-    rows, scores = predict(model, open_store(config.store), "det")
+    rows, scores = predict(model, loss, open_store(config.store), "det")
     assert scores.shape == (len(rows), len(class_ids)) and ((scores > 0) & (scores < 1)).all()
 
 
@@ -99,3 +100,23 @@ def test_unknown_param_is_named(tiny_params):
     tiny_params["train"]["epocs"] = 3
     with pytest.raises(ParamsError, match=r"params train: unknown key\(s\) \['epocs'\]"):
         train_config(tiny_params)
+
+
+def test_train_refuses_a_store_without_the_heads_views_and_names_the_fix(stores, monkeypatch):
+    from heads import HEADS, LinearHead
+
+    class NeedsSpatial(LinearHead):
+        views = ("roi_spatial",)
+
+    monkeypatch.setitem(HEADS, "needs_spatial", NeedsSpatial)
+    config = replace(train_config(stores), head="needs_spatial")
+    with pytest.raises(ValueError, match=r"lacks.*pipeline extract --split <split> --heads needs_spatial"):
+        train(config)
+
+
+def test_pose_softmax_training_scores_poses_as_a_distribution(stores):
+    config = replace(train_config(stores), loss="pose_softmax")
+    model, loss, class_ids = load_head(train(config).checkpoint)
+    pose = [i for i, c in enumerate(class_ids) if read_label_map(config.label_map).categories[c] == "pose"]
+    _, scores = predict(model, loss, open_store(config.store), "gt")
+    np.testing.assert_allclose(scores[:, pose].sum(axis=1), 1.0, rtol=1e-5)
