@@ -52,9 +52,16 @@ def finetune(params: ParamsOption = Path("params.yaml")) -> None:
     log.info("fine-tuned backbone: %s", metrics)
 
 
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
 @app.command()
 def extract(
     split: Annotated[str, typer.Option(help="Which split to extract (train, val, ...).")] = "train",
+    heads: Annotated[
+        str | None, typer.Option(help="Comma-separated heads whose views to store (default: params extract.heads).")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stage one: run the backbone over every keyframe clip and write the feature store of one split.
@@ -63,7 +70,7 @@ def extract(
     """
     from stages.extract import extract as run
 
-    summary = run(cfg.extract_config(cfg.load_params(params), split))
+    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads)))
     log.info(
         "%s: %d clips, %d boxes; %d shards written, %d already done; %d failed videos",
         summary.store,
@@ -93,6 +100,39 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 
     metrics = run(cfg.evaluate_config(cfg.load_params(params)))
     typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command("heads")
+def list_heads() -> None:
+    """List every head with the cache views it reads and its main options."""
+    import inspect
+
+    from heads import HEADS
+
+    for name, cls in HEADS.items():
+        signature = inspect.signature(cls.__init__)
+        options = [
+            f"{p.name}={p.default!r}" for p in signature.parameters.values() if p.default is not inspect.Parameter.empty
+        ]
+        typer.echo(f"{name:<10} views: {', '.join(cls.views)}")
+        typer.echo(f"{'':<10} options: {', '.join(options) or '-'}")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if doc:
+            typer.echo(f"{'':<10} {doc[0]}")
+
+
+@app.command()
+def ablate(
+    heads: Annotated[str | None, typer.Option(help="Comma-separated heads (default: params ablate.heads).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, e.g. 0,1,2 (default: params).")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Train and evaluate several heads x seeds from one cache; write a papers-style table (Markdown + CSV)."""
+    from stages.ablate import ablate as run
+
+    config = cfg.ablate_config(cfg.load_params(params), _names(heads), [int(s) for s in _names(seeds) or []])
+    run(config)
+    typer.echo((config.out_dir / "table.md").read_text())
 
 
 @app.command()

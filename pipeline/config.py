@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from heads import HEADS
+from stages.ablate import AblateConfig
 from stages.evaluate import EvaluateConfig
 from stages.extract import BackboneConfig, ExtractConfig
 from stages.finetune import FinetuneConfig
@@ -75,10 +77,24 @@ def sampling(params: Mapping[str, Any]) -> ClipSampling:
     return build(ClipSampling, params.get("clip", {}), "clip")
 
 
-def extract_config(params: Mapping[str, Any], split: str) -> ExtractConfig:
+def views_for(heads: Sequence[str], extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The union of the cache views the given heads read, plus ``extra``, in a stable order."""
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise ParamsError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
+    views = [v for h in heads for v in HEADS[h].views] + list(extra)
+    return tuple(dict.fromkeys(views))
+
+
+def extract_config(params: Mapping[str, Any], split: str, heads: Sequence[str] | None = None) -> ExtractConfig:
+    """``heads`` (e.g. from `--heads`) replaces params extract.heads when given."""
+    section = dict(params.get("extract", {}))
+    chosen = heads if heads is not None else section.pop("heads", ["linear"])
+    section.pop("heads", None)
+    section["views"] = views_for(chosen, section.get("views", ()))
     return build(
         ExtractConfig,
-        params.get("extract", {}),
+        section,
         "extract",
         data_dir=Path(params["paths"]["data"]),
         split=split,
@@ -117,6 +133,22 @@ def train_config(params: Mapping[str, Any]) -> TrainConfig:
         out_dir=Path(params["paths"]["runs"]) / "train",
         head=head.get("name", "linear"),
         head_options=dict(head.get("options") or {}),
+    )
+
+
+def ablate_config(
+    params: Mapping[str, Any], heads: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> AblateConfig:
+    section = dict(params.get("ablate", {}))
+    return build(
+        AblateConfig,
+        {k: v for k, v in section.items() if k not in ("heads", "seeds")},
+        "ablate",
+        heads=tuple(heads or section.get("heads", ["linear"])),
+        seeds=tuple(seeds or section.get("seeds", [0])),
+        out_dir=Path(params["paths"]["runs"]) / "ablate",
+        train=train_config(params),
+        evaluate=evaluate_config(params),
     )
 
 

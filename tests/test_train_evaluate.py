@@ -120,3 +120,29 @@ def test_pose_softmax_training_scores_poses_as_a_distribution(stores):
     pose = [i for i, c in enumerate(class_ids) if read_label_map(config.label_map).categories[c] == "pose"]
     _, scores = predict(model, loss, open_store(config.store), "gt")
     np.testing.assert_allclose(scores[:, pose].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_ablate_writes_a_table_with_mean_and_spread_over_seeds(stores):
+    from pipeline.config import ablate_config
+    from stages.ablate import ablate
+
+    config = ablate_config(stores, heads=["linear"], seeds=[0, 1])
+    table = ablate(config)
+    assert list(table["head"]) == ["linear", "prior baseline"]
+    linear = table.iloc[0]
+    assert linear["seeds"] == 2 and 0 <= linear["frame_map_mean"] <= 1 and linear["frame_map_std"] >= 0
+    runs = pd.read_csv(config.out_dir / "runs.csv")
+    assert sorted(runs.loc[runs["head"] == "linear", "seed"]) == [0, 1]
+    assert linear["frame_map_mean"] == pytest.approx(runs.loc[runs["head"] == "linear", "frame_map"].mean(), abs=1e-6)
+    text = (config.out_dir / "table.md").read_text()
+    assert "| linear |" in text and "± " in text and "| prior baseline |" in text
+
+
+def test_extract_heads_option_stores_the_union_of_their_views(tiny_params):
+    from pipeline.config import views_for
+
+    assert views_for(["linear"], ["context_map"]) == ("roi_pooled", "context_map")
+    config = extract_config(tiny_params, "train", heads=["linear"])
+    assert set(config.views) == {"roi_pooled", "context_map"}
+    with pytest.raises(ParamsError, match="unknown head"):
+        extract_config(tiny_params, "train", heads=["nope"])
