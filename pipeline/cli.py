@@ -62,15 +62,23 @@ def extract(
     heads: Annotated[
         str | None, typer.Option(help="Comma-separated heads whose views to store (default: params extract.heads).")
     ] = None,
+    scale: Annotated[
+        float | None, typer.Option(help="Test-time variant: input scale (own store, same row order).")
+    ] = None,
+    flip: Annotated[
+        bool | None, typer.Option("--flip/--no-flip", help="Test-time variant: mirrored frames and boxes.")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stage one: run the backbone over every keyframe clip and write the feature store of one split.
 
     Resumable: finished shards are kept, so re-running after an interruption only does what is missing.
+    Variants (--scale, --flip) go to their own store with the same manifest rows, so predictions average
+    row by row.
     """
     from stages.extract import extract as run
 
-    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads)))
+    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip))
     log.info(
         "%s: %d clips, %d boxes; %d shards written, %d already done; %d failed videos",
         summary.store,

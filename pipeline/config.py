@@ -65,8 +65,10 @@ def _coerce(hint: Any, value: Any) -> Any:
     return value
 
 
-def store_path(params: Mapping[str, Any], split: str) -> Path:
-    return Path(params["paths"]["cache"]) / f"{split}.zarr"
+def store_path(params: Mapping[str, Any], split: str, scale: float = 1.0, flip: bool = False) -> Path:
+    """``<cache>/<split>.zarr`` for the plain extraction; test-time variants get their own store beside it."""
+    variant = ("" if scale == 1.0 else f"@x{scale:g}") + ("@flip" if flip else "")
+    return Path(params["paths"]["cache"]) / f"{split}{variant}.zarr"
 
 
 def synth_config(params: Mapping[str, Any]) -> SynthConfig:
@@ -86,9 +88,19 @@ def views_for(heads: Sequence[str], extra: Sequence[str] = ()) -> tuple[str, ...
     return tuple(dict.fromkeys(views))
 
 
-def extract_config(params: Mapping[str, Any], split: str, heads: Sequence[str] | None = None) -> ExtractConfig:
-    """``heads`` (e.g. from `--heads`) replaces params extract.heads when given."""
+def extract_config(
+    params: Mapping[str, Any],
+    split: str,
+    heads: Sequence[str] | None = None,
+    scale: float | None = None,
+    flip: bool | None = None,
+) -> ExtractConfig:
+    """``heads``, ``scale`` and ``flip`` (from the command line) replace the params' values when given."""
     section = dict(params.get("extract", {}))
+    if scale is not None:
+        section["scale"] = scale
+    if flip is not None:
+        section["flip"] = flip
     chosen = heads if heads is not None else section.pop("heads", ["linear"])
     section.pop("heads", None)
     section["views"] = views_for(chosen, section.get("views", ()))
@@ -98,7 +110,7 @@ def extract_config(params: Mapping[str, Any], split: str, heads: Sequence[str] |
         "extract",
         data_dir=Path(params["paths"]["data"]),
         split=split,
-        out=store_path(params, split),
+        out=store_path(params, split, section.get("scale", 1.0), section.get("flip", False)),
         backbone=build(BackboneConfig, params.get("backbone", {}), "backbone"),
         sampling=sampling(params),
     )

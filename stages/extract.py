@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,8 @@ class ExtractConfig:
     out: Path
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampling: ClipSampling = field(default_factory=ClipSampling)
+    scale: float = 1.0  # test-time variant: input resolution x scale (short side and canvas)
+    flip: bool = False  # test-time variant: frames mirrored; boxes mirrored on the canvas, manifest rows unchanged
     views: tuple[str, ...] = DEFAULT_VIEWS
     box_sources: tuple[str, ...] = ("gt", "det")
     det_threshold: float = 0.5
@@ -76,6 +78,16 @@ class ExtractConfig:
     clips_per_shard: int = 128
     batch_clips: int = 8
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    @property
+    def input_sampling(self) -> ClipSampling:
+        """The clip sampling with the variant's scale applied (canvas rounded up to the backbone's 32 multiple)."""
+        if self.scale == 1.0:
+            return self.sampling
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+        canvas = tuple(int(32 * np.ceil(c * self.scale / 32)) for c in self.sampling.canvas)
+        return replace(self.sampling, short_side=round(self.sampling.short_side * self.scale), canvas=canvas)
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------------
@@ -103,7 +115,8 @@ def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     clips["clip_index"] = np.arange(len(clips))
     boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
     boxes["box_index"] = np.arange(len(boxes))
-    _add_canvas_geometry(clips, boxes, data / "videos", config.sampling, config.backbone.slowfast_config().stride)
+    stride = config.backbone.slowfast_config().stride
+    _add_canvas_geometry(clips, boxes, data / "videos", config.input_sampling, stride, config.flip)
     return clips, boxes.drop(columns=["video_id", "timestamp"])
 
 
@@ -148,9 +161,9 @@ def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd
 
 
 def _add_canvas_geometry(
-    clips: pd.DataFrame, boxes: pd.DataFrame, video_dir: Path, sampling: ClipSampling, stride: int
+    clips: pd.DataFrame, boxes: pd.DataFrame, video_dir: Path, sampling: ClipSampling, stride: int, flip: bool
 ) -> None:
-    """Frame size per clip, box pixels on the padded canvas, and the feature map's valid extent."""
+    """Frame size per clip, box pixels on the padded canvas (mirrored with ``flip``), the map's valid extent."""
     sizes = {}
     for video in clips["video_id"].unique():
         try:
@@ -167,13 +180,13 @@ def _add_canvas_geometry(
     clips["valid_h"] = -(-valid_h // stride)
     clips["valid_w"] = -(-valid_w // stride)
     per_box = boxes["clip_index"].to_numpy()
-    for norm, pixel, extent in (
-        ("x1", "cx1", valid_w),
-        ("x2", "cx2", valid_w),
-        ("y1", "cy1", valid_h),
-        ("y2", "cy2", valid_h),
-    ):
-        boxes[pixel] = boxes[norm].to_numpy() * extent[per_box]
+    x1, x2 = boxes["x1"].to_numpy(), boxes["x2"].to_numpy()
+    if flip:  # the frame is mirrored, so the box is too; the manifest keeps the original coordinates
+        x1, x2 = 1.0 - x2, 1.0 - x1
+    boxes["cx1"] = x1 * valid_w[per_box]
+    boxes["cx2"] = x2 * valid_w[per_box]
+    boxes["cy1"] = boxes["y1"].to_numpy() * valid_h[per_box]
+    boxes["cy2"] = boxes["y2"].to_numpy() * valid_h[per_box]
 
 
 def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:
@@ -217,6 +230,8 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
         "backbone_config": asdict(config.backbone.slowfast_config()),
         "weights": weights,
         "sampling": asdict(config.sampling),
+        "scale": config.scale,
+        "flip": config.flip,
         "box_sources": list(config.box_sources),
         "det_threshold": config.det_threshold,
         "label_iou": config.label_iou,
@@ -280,7 +295,7 @@ class _Clip:
 
 
 def decode_clips(
-    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling
+    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False
 ) -> Iterator[tuple[int, torch.Tensor | None, str]]:
     """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
 
@@ -294,6 +309,8 @@ def decode_clips(
         try:
             for ts, frames in iter_keyframe_clips(video_dir / f"{video}.mp4", list(ts_to_index), sampling):
                 done.add(ts_to_index[ts])
+                if flip:
+                    frames = frames[:, :, ::-1]
                 yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
         except VideoDecodeError as err:
             log.warning("skipping the rest of %s: %s", video, err)
@@ -302,10 +319,13 @@ def decode_clips(
                     yield index, None, str(err)
 
 
-def _decode_shards(store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling) -> Iterator[_Clip]:
+def _decode_shards(
+    store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling, flip: bool
+) -> Iterator[_Clip]:
     for shard in shards:
         rng = store.shards[shard]
-        for index, tensor, error in decode_clips(store.clips.iloc[rng.clip_start : rng.clip_stop], video_dir, sampling):
+        part = store.clips.iloc[rng.clip_start : rng.clip_stop]
+        for index, tensor, error in decode_clips(part, video_dir, sampling, flip):
             yield _Clip(shard, index, tensor, error)
 
 
@@ -350,7 +370,7 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
     store = create_store(
         config.out,
         fingerprint=fingerprint(config, weights),
-        dims=store_dims(model, config.sampling),
+        dims=store_dims(model, config.input_sampling),
         views=config.views,
         clips=clips,
         boxes=boxes,
@@ -365,7 +385,8 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
     clip_video = store.clips["video_id"].to_numpy()
     n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in todo)
     clip_stream = in_background(
-        _decode_shards(store, todo, Path(config.data_dir) / "videos", config.sampling), maxsize=2 * config.batch_clips
+        _decode_shards(store, todo, Path(config.data_dir) / "videos", config.input_sampling, config.flip),
+        maxsize=2 * config.batch_clips,
     )
     pending: list[Future] = []
     with (

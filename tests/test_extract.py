@@ -151,3 +151,24 @@ def test_sigkilled_extraction_resumes_to_the_uninterrupted_result(tiny_params, t
     assert resumed.verify() == []
     for view in (ROI_POOLED, CONTEXT_MAP):
         np.testing.assert_array_equal(resumed.read_view(view), full.read_view(view))
+
+
+def test_flip_and_scale_variants_keep_the_row_order_and_mirror_the_boxes(tiny_params):
+    plain = extract_config(tiny_params, "val")
+    flipped = extract_config(tiny_params, "val", flip=True)
+    scaled = extract_config(tiny_params, "val", scale=1.5)
+    assert flipped.out.name == "val@flip.zarr" and scaled.out.name == "val@x1.5.zarr"
+    stores = {}
+    for config in (plain, flipped, scaled):
+        extract(config)
+        stores[config.out.name] = open_store(config.out)
+    a, f, s = stores["val.zarr"], stores["val@flip.zarr"], stores["val@x1.5.zarr"]
+    for other in (f, s):
+        for column in ("clip_index", "x1", "y1", "x2", "y2", "source", "score"):
+            assert a.boxes[column].equals(other.boxes[column])
+    # mirrored on the canvas: cx1' = valid_w_px - cx2 (valid width 149 px for 120x160 frames at short side 112)
+    np.testing.assert_allclose(f.boxes["cx1"], 149 - a.boxes["cx2"], atol=1e-3)
+    np.testing.assert_allclose(f.boxes["cy1"], a.boxes["cy1"])
+    assert f.fingerprint["flip"] is True and s.fingerprint["scale"] == 1.5
+    assert (s.dims["H"], s.dims["W"]) == (12, 16)  # canvas 128x160 x1.5 -> 192x240, rounded up to 32s: 192x256
+    assert not np.array_equal(a.read_view(ROI_POOLED), f.read_view(ROI_POOLED))
