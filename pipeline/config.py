@@ -134,8 +134,16 @@ def finetune_config(params: Mapping[str, Any]) -> FinetuneConfig:
     )
 
 
+def head_options(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """params head.options: constructor options per head name."""
+    options = params.get("head", {}).get("options") or {}
+    if not all(isinstance(v, Mapping) for v in options.values()):
+        raise ParamsError("params head.options must map head names to option mappings, e.g. {linear: {dropout: 0.5}}")
+    return {k: dict(v) for k, v in options.items()}
+
+
 def train_config(params: Mapping[str, Any]) -> TrainConfig:
-    head = params.get("head", {})
+    name = params.get("head", {}).get("name", "linear")
     return build(
         TrainConfig,
         params.get("train", {}),
@@ -143,8 +151,8 @@ def train_config(params: Mapping[str, Any]) -> TrainConfig:
         store=store_path(params, "train"),
         label_map=Path(params["paths"]["data"]) / "label_map.pbtxt",
         out_dir=Path(params["paths"]["runs"]) / "train",
-        head=head.get("name", "linear"),
-        head_options=dict(head.get("options") or {}),
+        head=name,
+        head_options=dict(head_options(params).get(name, {})),
     )
 
 
@@ -161,6 +169,7 @@ def ablate_config(
         out_dir=Path(params["paths"]["runs"]) / "ablate",
         train=train_config(params),
         evaluate=evaluate_config(params),
+        options=head_options(params),
     )
 
 
