@@ -13,7 +13,18 @@ class Head(nn.Module):
     """A head maps the cache views of a batch of clips to per-box logits [n_boxes, num_classes].
 
     ``views`` holds box-row views ([n_boxes, ...]) and clip-row views ([n_clips, ...]); ``box_clip`` [n_boxes]
-    says which clip of the batch each box belongs to, so relation heads can group a clip's actors.
+    says which clip of the batch each box belongs to, so relation heads can group a clip's actors. Views may
+    arrive as float16 (the cache's dtype); heads compute in float32.
+
+    Grouping: a head that relates actors does so among the actors of one clip only. It pads them to
+    [n_groups, max_actors, ...] with ``heads._grouping.ClipGroups`` (one group per clip that has boxes) and
+    masks the padded slots out of the keys, so adding a clip to a batch never changes another clip's outputs.
+
+    Attention: every head that attends sets ``self.last_attention`` during each forward, so the weights can be
+    inspected without changing what ``forward`` returns: a dict from a layer's name to its weights (detached,
+    float32) whose last dimension runs over the keys, each row summing to 1, padded key slots at exactly 0.
+    Box-row entries are [n_boxes, ...]; each head's docstring gives its names and shapes. Heads without
+    attention (linear, ACRN, ACAR's relation-network variant) leave it empty or do not have it.
     """
 
     views: ClassVar[tuple[str, ...]] = ()

@@ -1,0 +1,111 @@
+"""STCA, spatio-temporal context cross attention (Calderó, Varas, Bou-Balust: "Spatio-Temporal Context for
+Action Detection").
+
+Figure, left to right: the actor is its 7x7 RoIAlign *without* spatial pooling (``roi_spatial``): 49 tokens.
+Block 1 cross-attends from them to the slow map pooled over time (``slow_tpool``, H*W tokens); block 2
+cross-attends from block 1's output to the fast map pooled over space (``fast_spool``, T_f tokens). Each block
+is multi-head attention + feed-forward (post-LN, as in the Transformer). A global max pool over the 49 tokens
+and two linear layers give the logits.
+
+Ablations (the paper's Table 1): ``actor="pooled"`` max-pools the 49 tokens to one before attention (what
+earlier heads do), ``context="spatial"`` keeps block 1 only. The paper's spatial-only context concatenates
+both pathways pooled over time, which is ``context_map``; this head reads ``slow_tpool`` there instead, because
+a head class declares one fixed set of views and the default variant does not need ``context_map``.
+
+The paper gives no widths: ``width`` 512, 8 heads, ``mlp_ratio`` 4 and dropout 0.1 are Transformer defaults.
+Learned position embeddings are added to the actor tokens (7x7), the slow tokens (H x W) and the fast tokens
+(T_f): without them every step would be per-token and the max pool would make the head blind to where inside
+the box a feature lies, which is the point of spatial actor tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cache_spec.views import FAST_SPOOL, ROI_SPATIAL, SLOW_TPOOL
+from heads._grouping import ClipGroups
+from heads.base import Head
+from heads.pcca import CrossAttentionLayer
+
+
+def _embedding(tokens: int, width: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+
+
+class STCAHead(Head):
+    """Spatial actor tokens enriched by a spatial (slow) then a temporal (fast) cross-attention block.
+
+    Cross attention does not mix actors, so the actor tokens of a clip share one query sequence per clip and
+    the clip's keys/values are projected once (the same result as one sequence per actor, with less work).
+    ``last_attention``: ``spatial`` -> [n_boxes, heads, n_actor_tokens, H*W], ``temporal`` -> [..., T_f].
+    """
+
+    views = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL)
+
+    def __init__(
+        self,
+        in_channels: int,
+        slow_channels: int,
+        fast_channels: int,
+        map_hw: tuple[int, int],
+        fast_frames: int,
+        num_classes: int,
+        width: int = 512,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        classifier_dropout: float = 0.5,
+        context: Literal["spatiotemporal", "spatial"] = "spatiotemporal",
+        actor: Literal["spatial", "pooled"] = "spatial",
+        roi_size: int = 7,
+    ):
+        super().__init__()
+        if context not in ("spatiotemporal", "spatial"):
+            raise ValueError(f"context must be 'spatiotemporal' or 'spatial', got {context!r}")
+        if actor not in ("spatial", "pooled"):
+            raise ValueError(f"actor must be 'spatial' or 'pooled', got {actor!r}")
+        self.context, self.actor = context, actor
+        self.actor_proj = nn.Linear(in_channels, width)
+        self.actor_position = _embedding(roi_size * roi_size, width) if actor == "spatial" else None
+        self.slow_proj = nn.Linear(slow_channels, width)
+        self.slow_position = _embedding(map_hw[0] * map_hw[1], width)
+        self.spatial_block = CrossAttentionLayer(width, heads, mlp_ratio, dropout)
+        if context == "spatiotemporal":
+            self.fast_proj = nn.Linear(fast_channels, width)
+            self.fast_position = _embedding(fast_frames, width)
+            self.temporal_block = CrossAttentionLayer(width, heads, mlp_ratio, dropout)
+        self.fc1 = nn.Linear(width, width)
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.fc2 = nn.Linear(width, num_classes)
+        self.last_attention: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> STCAHead:
+        return cls(dims["C"], dims["C_s"], dims["C_f"], (dims["H"], dims["W"]), dims["T_f"], num_classes, **options)
+
+    def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
+        roi = views[ROI_SPATIAL].float()  # [n, C, 7, 7]
+        if self.actor == "pooled":
+            tokens = self.actor_proj(roi.amax(dim=(2, 3)))[:, None, :]  # [n, 1, d]
+        else:
+            tokens = self.actor_proj(roi.flatten(2).transpose(1, 2)) + self.actor_position  # [n, 49, d]
+        groups = ClipGroups.from_box_clip(box_clip)
+        n_tokens = tokens.shape[1]
+        queries = groups.pad(tokens).flatten(1, 2)  # [G, A * n_tokens, d]
+        slow = views[SLOW_TPOOL].float()[groups.clip].flatten(2).transpose(1, 2)  # [G, H*W, C_s]
+        queries, spatial = self.spatial_block(queries, self.slow_proj(slow) + self.slow_position)
+        attention = {"spatial": spatial}
+        if self.context == "spatiotemporal":
+            fast = views[FAST_SPOOL].float()[groups.clip].transpose(1, 2)  # [G, T_f, C_f]
+            queries, attention["temporal"] = self.temporal_block(queries, self.fast_proj(fast) + self.fast_position)
+        self.last_attention = {
+            name: groups.unpad(w.unflatten(2, (groups.max_actors, n_tokens)).transpose(1, 2)).detach()
+            for name, w in attention.items()
+        }
+        actor = groups.unpad(queries.unflatten(1, (groups.max_actors, n_tokens))).amax(dim=1)  # GMP over tokens
+        return self.fc2(self.dropout(F.relu(self.fc1(actor))))
