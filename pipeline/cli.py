@@ -57,6 +57,42 @@ def _names(value: str | None) -> list[str] | None:
 
 
 @app.command()
+def detect(
+    split: Annotated[str, typer.Option(help="Which split's keyframes to detect people on.")] = "val",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Person boxes on every annotated keyframe with a Faster R-CNN checkpoint; writes an AVA predicted-box CSV.
+
+    Resumable per video; corrupt videos are listed in a failures CSV beside the output.
+    """
+    from stages.detect import detect as run
+
+    summary = run(cfg.detect_config(cfg.load_params(params), split))
+    log.info("detections: %s", summary.to_dict())
+
+
+@app.command("evaluate-detections")
+def evaluate_detections(
+    split: Annotated[str, typer.Option(help="Which split to score.")] = "val",
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Person AP@0.5 and AR@100 of the boxes extract uses (extract.predicted_boxes) against the ground truth."""
+    from stages.ava_io import read_annotations, read_excluded_timestamps, read_predicted_boxes
+    from stages.detect import evaluate_detections as score
+
+    config = cfg.extract_config(cfg.load_params(params), split)
+    data = config.data_dir
+    boxes_path = config.predicted_boxes or data / f"predicted_boxes_{split}.csv"
+    excluded_path = data / f"excluded_timestamps_{split}.csv"
+    metrics = score(
+        read_predicted_boxes(boxes_path),
+        read_annotations(data / "annotations" / f"{split}.csv"),
+        excluded=read_excluded_timestamps(excluded_path) if excluded_path.exists() else None,
+    )
+    typer.echo(json.dumps({"boxes": str(boxes_path), **metrics}, indent=2, default=float))
+
+
+@app.command()
 def extract(
     split: Annotated[str, typer.Option(help="Which split to extract (train, val, ...).")] = "train",
     heads: Annotated[

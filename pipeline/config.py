@@ -13,6 +13,7 @@ import yaml
 
 from heads import HEADS
 from stages.ablate import AblateConfig
+from stages.detect import DetectConfig
 from stages.evaluate import EvaluateConfig
 from stages.extract import BackboneConfig, ExtractConfig
 from stages.finetune import FinetuneConfig
@@ -104,6 +105,8 @@ def extract_config(
     chosen = heads if heads is not None else section.pop("heads", ["linear"])
     section.pop("heads", None)
     section["views"] = views_for(chosen, section.get("views", ()))
+    if section.get("predicted_boxes"):
+        section["predicted_boxes"] = str(section["predicted_boxes"]).format(split=split)
     return build(
         ExtractConfig,
         section,
@@ -140,6 +143,14 @@ def head_options(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if not all(isinstance(v, Mapping) for v in options.values()):
         raise ParamsError("params head.options must map head names to option mappings, e.g. {linear: {dropout: 0.5}}")
     return {k: dict(v) for k, v in options.items()}
+
+
+def detect_config(params: Mapping[str, Any], split: str) -> DetectConfig:
+    section = dict(params.get("detect", {}))
+    if not section.get("checkpoint"):
+        raise ParamsError("params detect.checkpoint is null: name a fasterrcnn_resnet50_fpn_v2 checkpoint")
+    out = str(section.pop("out", "runs/detect/predicted_boxes_{split}.csv")).format(split=split)
+    return build(DetectConfig, section, "detect", data_dir=Path(params["paths"]["data"]), split=split, out=Path(out))
 
 
 def train_config(params: Mapping[str, Any]) -> TrainConfig:

@@ -72,6 +72,7 @@ class ExtractConfig:
     flip: bool = False  # test-time variant: frames mirrored; boxes mirrored on the canvas, manifest rows unchanged
     views: tuple[str, ...] = DEFAULT_VIEWS
     box_sources: tuple[str, ...] = ("gt", "det")
+    predicted_boxes: Path | None = None  # detector CSV (default: <data_dir>/predicted_boxes_<split>.csv)
     det_threshold: float = 0.5
     label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
     dtype: str = "float16"
@@ -101,7 +102,7 @@ def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if "gt" in config.box_sources:
         parts.append(_gt_boxes(gt))
     if "det" in config.box_sources:
-        det = read_predicted_boxes(data / f"predicted_boxes_{config.split}.csv")
+        det = read_predicted_boxes(config.predicted_boxes or data / f"predicted_boxes_{config.split}.csv")
         det = det[det["score"] >= config.det_threshold]
         excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
         det = det[~_keys(det).isin(_keys(excluded))]
@@ -233,6 +234,7 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
         "scale": config.scale,
         "flip": config.flip,
         "box_sources": list(config.box_sources),
+        "predicted_boxes": str(config.predicted_boxes or "data_dir"),
         "det_threshold": config.det_threshold,
         "label_iou": config.label_iou,
     }

@@ -146,3 +146,19 @@ def test_extract_heads_option_stores_the_union_of_their_views(tiny_params):
     assert set(config.views) == {"roi_pooled", "context_map"}
     with pytest.raises(ParamsError, match="unknown head"):
         extract_config(tiny_params, "train", heads=["nope"])
+
+
+def test_cli_evaluate_detections_scores_the_simulated_detector(tiny_params, tmp_path):
+    params = write_params(tiny_params, tmp_path / "params.yaml")
+    result = CliRunner().invoke(app, ["evaluate-detections", "--split", "val", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output[result.output.index("{") :])
+    # jittered ground truth with ~5% misses: a good but imperfect detector
+    assert 0.5 < metrics["person_ap"] < 1.0 and metrics["num_gt"] > 0
+
+
+def test_detect_needs_a_checkpoint(tiny_params):
+    from pipeline.config import detect_config
+
+    with pytest.raises(ParamsError, match="detect.checkpoint is null"):
+        detect_config(tiny_params, "val")
