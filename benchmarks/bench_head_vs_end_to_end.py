@@ -68,7 +68,7 @@ def main() -> None:
         head = LinearHead(store.dims["C"], len(class_ids))
         optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3)
         starts, counts = store.clips["box_start"].to_numpy(), store.clips["box_count"].to_numpy()
-        canvas = torch.from_numpy(store.boxes[["cx1", "cy1", "cx2", "cy2"]].to_numpy(np.float32))
+        map_boxes = torch.from_numpy(store.boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32))
         start = time.perf_counter()
         pending: list[tuple[int, torch.Tensor]] = []
         clips = decode_clips(store.clips, data / "videos", config.input_sampling)
@@ -80,7 +80,7 @@ def main() -> None:
                 owner = torch.from_numpy(np.repeat(np.arange(len(index)), counts[index]))
                 with torch.no_grad():
                     context = pool_context(*backbone(torch.stack([p[1] for p in pending])))
-                    pooled = roi_pool_features(context, canvas[rows], owner, 1 / backbone.config.stride)
+                    pooled = roi_pool_features(context, map_boxes[rows], owner, spatial_scale=1.0)
                 step(head, optimiser, pooled, rows)
                 pending = []
         end_to_end = time.perf_counter() - start

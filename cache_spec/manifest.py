@@ -1,8 +1,9 @@
 """The manifest: the Parquet index of a store's two row spaces (clips and boxes).
 
 Boxes are grouped contiguously per clip: clip ``i`` owns box rows ``box_start[i] .. box_start[i] + box_count[i]``.
-Coordinates are kept twice: normalised to the original frame (``x1..y2``, AVA convention) and in pixels of
-the padded network input canvas (``cx1..cy2``), which is what RoIAlign at 1/stride consumes.
+Coordinates are kept twice: normalised to the original frame (``x1..y2``, AVA convention) and on the padded
+feature map (``fx1..fy2``, continuous map cells: pixel / stride on the network's input canvas), which is
+what RoIAlign consumes and what heads that relate a box to the map read (view ``box_on_map``).
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ BOX_SCHEMA = pa.schema(
         ("y1", pa.float32()),
         ("x2", pa.float32()),
         ("y2", pa.float32()),
-        ("cx1", pa.float32()),
-        ("cy1", pa.float32()),
-        ("cx2", pa.float32()),
-        ("cy2", pa.float32()),
+        ("fx1", pa.float32()),
+        ("fy1", pa.float32()),
+        ("fx2", pa.float32()),
+        ("fy2", pa.float32()),
         ("source", pa.string()),  # "gt" or "det"
         ("score", pa.float32()),  # detector score; 1.0 for ground truth
         ("person_id", pa.int64()),  # -1 where unknown

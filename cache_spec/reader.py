@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache_spec.store import Store, StoreError
-from cache_spec.views import get_view
+from cache_spec.views import get_view, manifest_view
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ClipBatchLoader:
         memory_budget_bytes: int = 2 << 30,
         buffer_shards: int = 4,
     ):
-        missing_views = [v for v in views if v not in store.views]
+        missing_views = [v for v in views if v not in store.views and get_view(v).source == "store"]
         if missing_views:
             raise StoreError(
                 f"store {store.path} lacks view(s) {missing_views} (it holds {', '.join(store.views)}); "
@@ -79,11 +79,14 @@ class ClipBatchLoader:
         self._clip_shard = store.clips["shard"].to_numpy(np.int64)
         selected_per_clip = np.bincount(clip_of_box[self.box_mask], minlength=len(store.clips))
         self.clip_ids = np.flatnonzero(selected_per_clip > 0)
-        total = sum(store.view_nbytes(v) for v in self.views)
-        self.in_memory = total <= memory_budget_bytes
-        self._arrays: dict[str, np.ndarray] = {}
+        self._stored = [v for v in self.views if get_view(v).source == "store"]
+        self._derived = {
+            v: manifest_view(v, store.clips, store.boxes) for v in self.views if get_view(v).source == "manifest"
+        }
+        self.in_memory = sum(store.view_nbytes(v) for v in self._stored) <= memory_budget_bytes
+        self._arrays: dict[str, np.ndarray] = dict(self._derived)
         if self.in_memory:
-            self._arrays = {v: store.read_view(v) for v in self.views}
+            self._arrays.update({v: store.read_view(v) for v in self._stored})
         log.debug(
             "loader over %s: %d clips, %s",
             store.path,
@@ -131,7 +134,7 @@ class ClipBatchLoader:
         for lo in range(0, len(shards), self.buffer_shards):
             group = sorted(shards[lo : lo + self.buffer_shards])
             # Map each buffered shard once; batches gather their rows straight from the maps.
-            maps = {s: {v: self.store.read_shard(v, s, mmap=True) for v in self.views} for s in group}
+            maps = {s: {v: self.store.read_shard(v, s, mmap=True) for v in self._stored} for s in group}
             clips = np.concatenate([self._clips_in(s) for s in group])
             if self.shuffle:
                 clips = rng.permutation(clips)
@@ -143,8 +146,8 @@ class ClipBatchLoader:
         boxes, owner = self._boxes_of(clips)
         shard_of_clip = self._clip_shard[clips]
         shard_of_box = shard_of_clip[owner]
-        views = {}
-        for view in self.views:
+        views = {v: a[clips if get_view(v).rows == "clips" else boxes] for v, a in self._derived.items()}
+        for view in self._stored:
             by_clip = get_view(view).rows == "clips"
             rows, row_shard = (clips, shard_of_clip) if by_clip else (boxes, shard_of_box)
             out = np.empty((len(rows), *self.store.row_shape(view)), dtype=self.store.dtype)

@@ -43,8 +43,8 @@ def random_manifest(
             "y2": xy[:, 1, 1] + 1e-3,
         }
     )
-    for norm, pix, size in (("x1", "cx1", 160), ("y1", "cy1", 120), ("x2", "cx2", 160), ("y2", "cy2", 120)):
-        boxes[pix] = boxes[norm] * size
+    for norm, cells, size in (("x1", "fx1", 10), ("y1", "fy1", 7.5), ("x2", "fx2", 10), ("y2", "fy2", 7.5)):
+        boxes[cells] = boxes[norm] * size
     boxes["source"] = np.where(rng.uniform(size=n) < 0.5, "gt", "det")
     boxes["score"] = np.where(boxes["source"] == "gt", 1.0, rng.uniform(0.3, 1.0, n))
     boxes["person_id"] = np.where(boxes["source"] == "gt", rng.integers(0, 5, n), -1)

@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import pandas as pd
+
 RowSpace = Literal["clips", "boxes"]
+Source = Literal["store", "manifest"]
 
 ROI_POOLED = "roi_pooled"
 ROI_SPATIAL = "roi_spatial"
@@ -22,16 +26,23 @@ SLOW_TPOOL = "slow_tpool"
 FAST_SPOOL = "fast_spool"
 SLOW_FULL = "slow_full"
 FAST_FULL = "fast_full"
+BOX_ON_MAP = "box_on_map"
+CLIP_EXTENT = "clip_extent"
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view: its row space, symbolic per-row shape, and what it is for."""
+    """One view: its row space, symbolic per-row shape, and what it is for.
+
+    ``source`` is ``store`` for arrays extraction writes, ``manifest`` for the small geometric views the reader
+    derives from the manifest (so every store has them, whatever it was extracted for).
+    """
 
     name: str
     rows: RowSpace
     dims: tuple[str | int, ...]
     description: str
+    source: Source = "store"
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """Per-row shape with the symbolic dimensions replaced by ``sizes``."""
@@ -53,6 +64,8 @@ VIEWS: dict[str, ViewSpec] = {
         ViewSpec(FAST_SPOOL, "clips", ("C_f", "T_f"), "fast map pooled over space"),
         ViewSpec(SLOW_FULL, "clips", ("C_s", "T_s", "H", "W"), "full slow map (large, opt-in)"),
         ViewSpec(FAST_FULL, "clips", ("C_f", "T_f", "H", "W"), "full fast map (large, opt-in)"),
+        ViewSpec(BOX_ON_MAP, "boxes", (4,), "box x1, y1, x2, y2 in feature-map cells", "manifest"),
+        ViewSpec(CLIP_EXTENT, "clips", (2,), "rows, columns of the map that hold image (rest is padding)", "manifest"),
     )
 }
 
@@ -63,3 +76,12 @@ def get_view(name: str) -> ViewSpec:
         return VIEWS[name]
     except KeyError:
         raise KeyError(f"unknown view {name!r}; known views: {', '.join(VIEWS)}") from None
+
+
+def manifest_view(name: str, clips: pd.DataFrame, boxes: pd.DataFrame) -> np.ndarray:
+    """A manifest-derived view over all rows of its row space (float32)."""
+    if name == BOX_ON_MAP:
+        return boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32)
+    if name == CLIP_EXTENT:
+        return clips[["valid_h", "valid_w"]].to_numpy(np.float32)
+    raise KeyError(f"{name!r} is not a manifest view")

@@ -184,10 +184,10 @@ def _add_canvas_geometry(
     x1, x2 = boxes["x1"].to_numpy(), boxes["x2"].to_numpy()
     if flip:  # the frame is mirrored, so the box is too; the manifest keeps the original coordinates
         x1, x2 = 1.0 - x2, 1.0 - x1
-    boxes["cx1"] = x1 * valid_w[per_box]
-    boxes["cx2"] = x2 * valid_w[per_box]
-    boxes["cy1"] = boxes["y1"].to_numpy() * valid_h[per_box]
-    boxes["cy2"] = boxes["y2"].to_numpy() * valid_h[per_box]
+    boxes["fx1"] = x1 * valid_w[per_box] / stride
+    boxes["fx2"] = x2 * valid_w[per_box] / stride
+    boxes["fy1"] = boxes["y1"].to_numpy() * valid_h[per_box] / stride
+    boxes["fy2"] = boxes["y2"].to_numpy() * valid_h[per_box] / stride
 
 
 def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:
@@ -242,11 +242,11 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
 
 # ---- computing views ------------------------------------------------------------------------------------------
 def compute_views(
-    slow: torch.Tensor, fast: torch.Tensor, rois: torch.Tensor, views: Iterable[str], stride: int
+    slow: torch.Tensor, fast: torch.Tensor, rois: torch.Tensor, views: Iterable[str]
 ) -> dict[str, torch.Tensor]:
     """All requested views of one batch. ``rois`` is [N, 5] (clip in batch, x1, y1, x2, y2 canvas pixels)."""
     context = pool_context(slow, fast)
-    scale = 1.0 / stride
+    scale = 1.0  # rois are in feature-map cells already
     out: dict[str, torch.Tensor] = {}
     spatial = None
     for view in views:
@@ -373,7 +373,7 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
         config.out,
         fingerprint=fingerprint(config, weights),
         dims=store_dims(model, config.input_sampling),
-        views=config.views,
+        views=[v for v in config.views if V.get_view(v).source == "store"],  # manifest views come with every store
         clips=clips,
         boxes=boxes,
         clips_per_shard=config.clips_per_shard,
@@ -452,7 +452,7 @@ class _BatchRunner:
         self.model, self.store = model, store
         self.box_start = store.clips["box_start"].to_numpy()
         self.box_count = store.clips["box_count"].to_numpy()
-        self.canvas_boxes = store.boxes[["cx1", "cy1", "cx2", "cy2"]].to_numpy(np.float32)
+        self.map_boxes = store.boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32)
         self.buffers: dict[int, _ShardBuffer] = {}
 
     @torch.inference_mode()
@@ -468,9 +468,9 @@ class _BatchRunner:
         counts = self.box_count[index]
         box_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.box_start[index], counts, strict=True)])
         owner = torch.from_numpy(np.repeat(np.arange(len(good)), counts).astype(np.float32))
-        rois = torch.cat([owner[:, None], torch.from_numpy(self.canvas_boxes[box_rows])], dim=1)
+        rois = torch.cat([owner[:, None], torch.from_numpy(self.map_boxes[box_rows])], dim=1)
         slow, fast = self.model(torch.stack([c.tensor for c in good]))
-        computed = compute_views(slow, fast, rois, self.store.views, self.model.config.stride)
+        computed = compute_views(slow, fast, rois, self.store.views)
         for view, values in computed.items():
             by_clip = V.get_view(view).rows == "clips"
             rows = index - buf.range.clip_start if by_clip else box_rows - buf.range.box_start

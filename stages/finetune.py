@@ -58,7 +58,7 @@ class RoIDetector(nn.Module):
 
     def forward(self, clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         context = pool_context(*self.backbone(clips))
-        pooled = roi_pool_features(context, rois[:, 1:], rois[:, 0], spatial_scale=1 / self.backbone.config.stride)
+        pooled = roi_pool_features(context, rois[:, 1:], rois[:, 0], spatial_scale=1.0)  # rois in map cells
         return self.classifier(self.dropout(pooled))
 
 
@@ -90,7 +90,7 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
             decoded[index] = tensor.half()
     usable = np.array(sorted(decoded))
     targets = torch.from_numpy(multi_hot(boxes["labels"], class_ids))
-    canvas_boxes = torch.from_numpy(boxes[["cx1", "cy1", "cx2", "cy2"]].to_numpy(np.float32))
+    map_boxes = torch.from_numpy(boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32))
     box_start, box_count = clips["box_start"].to_numpy(), clips["box_count"].to_numpy()
 
     backbone, _ = load_backbone(config.backbone)
@@ -109,7 +109,7 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
             batch = order[lo : lo + config.batch_clips]
             rows = np.concatenate([np.arange(box_start[c], box_start[c] + box_count[c]) for c in batch])
             owner = torch.from_numpy(np.repeat(np.arange(len(batch)), box_count[batch]).astype(np.float32))
-            rois = torch.cat([owner[:, None], canvas_boxes[rows]], dim=1).to(device)
+            rois = torch.cat([owner[:, None], map_boxes[rows]], dim=1).to(device)
             inputs = torch.stack([decoded[c] for c in batch]).to(device).float()
             loss = loss_fn(model(inputs, rois), targets[rows].to(device))
             optimiser.zero_grad(set_to_none=True)

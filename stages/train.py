@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from cache_spec.reader import ClipBatch, ClipBatchLoader
 from cache_spec.store import Store, open_store
+from cache_spec.views import get_view
 from heads import HEADS, Head, build_head
 from stages.ava_io import POSE, LabelMap, read_label_map
 from stages.losses import ActionLoss
@@ -90,17 +91,17 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     store = open_store(config.store)
     label_map = read_label_map(config.label_map)
     class_ids = label_map.ids
-    head_cls = _head_class(config.head)
-    missing = [v for v in head_cls.views if v not in store.views]
+    _head_class(config.head)
+    model = build_head(config.head, store.dims, len(class_ids), **dict(config.head_options)).to(device)
+    missing = [v for v in model.views if v not in store.views and get_view(v).source == "store"]
     if missing:
         raise ValueError(
             f"head {config.head!r} reads view(s) {missing} that store {store.path} lacks (it holds "
             f"{', '.join(store.views)}). Add them with: pipeline extract --split <split> --heads {config.head}"
         )
-    model = build_head(config.head, store.dims, len(class_ids), **dict(config.head_options)).to(device)
     loader = ClipBatchLoader(
         store,
-        head_cls.views,
+        model.views,
         batch_clips=config.batch_clips,
         seed=config.seed,
         box_mask=box_mask(store, config.box_source),

@@ -12,7 +12,7 @@ from cache_spec import store as st
 from cache_spec.manifest import ManifestError, validate
 from cache_spec.reader import ClipBatchLoader
 from cache_spec.testing import fill_store, random_manifest, random_store
-from cache_spec.views import CONTEXT_MAP, ROI_POOLED, get_view
+from cache_spec.views import BOX_ON_MAP, CLIP_EXTENT, CONTEXT_MAP, ROI_POOLED, get_view
 
 
 def _create(path, clips, boxes, **overrides):
@@ -133,3 +133,15 @@ def test_loader_names_missing_view(tmp_path):
     store, _ = random_store(tmp_path / "s.zarr", n_clips=5)
     with pytest.raises(st.StoreError, match=r"lacks view\(s\) \['roi_spatial'\]"):
         ClipBatchLoader(store, ["roi_spatial"])
+
+
+@pytest.mark.parametrize("budget", [1 << 40, 0], ids=["in_memory", "streamed"])
+def test_manifest_views_come_with_every_store(tmp_path, budget):
+    store, _ = random_store(tmp_path / "s.zarr", n_clips=30, clips_per_shard=8, seed=6)
+    loader = ClipBatchLoader(store, [ROI_POOLED, BOX_ON_MAP, CLIP_EXTENT], batch_clips=4, memory_budget_bytes=budget)
+    for batch in loader:
+        expected = store.boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32)[batch.box_index]
+        np.testing.assert_array_equal(batch.views[BOX_ON_MAP], expected)
+        extent = store.clips[["valid_h", "valid_w"]].to_numpy(np.float32)[batch.clip_index]
+        np.testing.assert_array_equal(batch.views[CLIP_EXTENT], extent)
+    assert BOX_ON_MAP not in store.views  # derived, never stored

@@ -72,8 +72,8 @@ def test_rois_pool_from_their_own_clip_and_position():
     slow = torch.zeros(2, 4, 2, 6, 6)
     fast = torch.zeros(2, 2, 8, 6, 6)
     slow[1, :, :, 4, 1] = 1.0
-    rois = torch.tensor([[1, 0, 48, 48, 96], [0, 0, 48, 48, 96], [1, 48, 0, 96, 48]], dtype=torch.float32)
-    views = compute_views(slow, fast, rois, [ROI_POOLED, ROI_SPATIAL, CONTEXT_MAP], stride=16)
+    rois = torch.tensor([[1, 0, 3, 3, 6], [0, 0, 3, 3, 6], [1, 3, 0, 6, 3]], dtype=torch.float32)  # map cells
+    views = compute_views(slow, fast, rois, [ROI_POOLED, ROI_SPATIAL, CONTEXT_MAP])
     assert views[ROI_POOLED].shape == (3, 6)
     assert views[ROI_POOLED][0, :4].min() > 0.5
     assert views[ROI_POOLED][1].abs().max() == 0 and views[ROI_POOLED][2].abs().max() == 0
@@ -166,9 +166,9 @@ def test_flip_and_scale_variants_keep_the_row_order_and_mirror_the_boxes(tiny_pa
     for other in (f, s):
         for column in ("clip_index", "x1", "y1", "x2", "y2", "source", "score"):
             assert a.boxes[column].equals(other.boxes[column])
-    # mirrored on the canvas: cx1' = valid_w_px - cx2 (valid width 149 px for 120x160 frames at short side 112)
-    np.testing.assert_allclose(f.boxes["cx1"], 149 - a.boxes["cx2"], atol=1e-3)
-    np.testing.assert_allclose(f.boxes["cy1"], a.boxes["cy1"])
+    # mirrored on the map: fx1' = valid width - fx2 (149 px for 120x160 frames at short side 112, /16 cells)
+    np.testing.assert_allclose(f.boxes["fx1"], 149 / 16 - a.boxes["fx2"], atol=1e-4)
+    np.testing.assert_allclose(f.boxes["fy1"], a.boxes["fy1"])
     assert f.fingerprint["flip"] is True and s.fingerprint["scale"] == 1.5
     assert (s.dims["H"], s.dims["W"]) == (12, 16)  # canvas 128x160 x1.5 -> 192x240, rounded up to 32s: 192x256
     assert not np.array_equal(a.read_view(ROI_POOLED), f.read_view(ROI_POOLED))
