@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from stages.extract import BackboneConfig, ExtractConfig, build_manifest, decode_clips, extract, load_backbone
+from stages.backbones import BackboneConfig, load_backbone
+from stages.extract import ExtractConfig, build_manifest, decode_clips, extract
 from stages.synth import SynthConfig, generate
 
 

@@ -21,8 +21,9 @@ from cache_spec.reader import ClipBatchLoader
 from cache_spec.store import open_store
 from cache_spec.views import ROI_POOLED
 from heads import LinearHead
-from stages.extract import BackboneConfig, ExtractConfig, decode_clips, extract, load_backbone
-from stages.slowfast import pool_context, roi_pool_features
+from stages.backbones import BackboneConfig, load_backbone, pool_context
+from stages.extract import ExtractConfig, decode_clips, extract
+from stages.slowfast import roi_pool_features
 from stages.synth import SynthConfig, generate
 from stages.train import box_mask, multi_hot
 
@@ -79,7 +80,7 @@ def main() -> None:
                 rows = np.concatenate([np.arange(starts[c], starts[c] + counts[c]) for c in index])
                 owner = torch.from_numpy(np.repeat(np.arange(len(index)), counts[index]))
                 with torch.no_grad():
-                    context = pool_context(*backbone(torch.stack([p[1] for p in pending])))
+                    context = pool_context(backbone(torch.stack([p[1] for p in pending])))
                     pooled = roi_pool_features(context, map_boxes[rows], owner, spatial_scale=1.0)
                 step(head, optimiser, pooled, rows)
                 pending = []

@@ -13,9 +13,10 @@ import yaml
 
 from heads import HEADS
 from stages.ablate import AblateConfig
+from stages.backbones import BackboneConfig
 from stages.detect import DetectConfig
 from stages.evaluate import EvaluateConfig
-from stages.extract import BackboneConfig, ExtractConfig
+from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
 from stages.synth import SynthConfig
 from stages.train import TrainConfig

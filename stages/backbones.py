@@ -24,9 +24,10 @@ so that sizes round up, and a rounded-up map would silently shift box coordinate
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import video as tv_video
 
-from stages.checkpoints import CheckpointError
+from stages.checkpoints import CheckpointError, load_backbone_checkpoint
 from stages.slowfast import SlowFast, SlowFastConfig
 
 logger = logging.getLogger(__name__)
@@ -423,3 +424,75 @@ def load_torchvision_checkpoint(extractor: nn.Module, path: str | Path, strict: 
         _listing(ignored),
     )
     return report
+
+
+# ---- the backbone extraction runs -------------------------------------------------------------------------------
+_SLOWFAST_PRESETS = {
+    "small": SlowFastConfig.small(),
+    "r50": SlowFastConfig(),
+    "r101": SlowFastConfig(depth_layers=(3, 4, 23, 3), fusion_kernel=5),
+}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which backbone produces the features, its architecture options, and the weights to load."""
+
+    name: str = "slowfast"  # one of BACKBONES
+    preset: str = "small"  # slowfast only: small | r50 | r101
+    options: Mapping[str, Any] = field(default_factory=dict)  # csn: CSNConfig fields; slowfast: overrides preset
+    checkpoint: Path | None = None  # `pipeline finetune` output or a public checkpoint
+    checkpoint_layout: str = "auto"  # slowfast: pyslowfast | caffe2 | pytorchvideo | mmaction2 | acar | auto
+    seed: int = 0  # initialisation seed when there is no checkpoint
+
+    def slowfast_config(self) -> SlowFastConfig:
+        if self.preset not in _SLOWFAST_PRESETS:
+            raise ValueError(f"unknown slowfast preset {self.preset!r}; choose one of {sorted(_SLOWFAST_PRESETS)}")
+        return replace(_SLOWFAST_PRESETS[self.preset], **dict(self.options))
+
+    def architecture(self) -> dict[str, Any]:
+        """What defines the network (for the store fingerprint)."""
+        if self.name == "slowfast":
+            return asdict(self.slowfast_config())
+        return {"name": self.name, **dict(self.options)}
+
+    @property
+    def stride(self) -> int:
+        """Spatial stride of the maps: 16 for every backbone but an undilated SlowFast (32)."""
+        return self.slowfast_config().stride if self.name == "slowfast" else 16
+
+
+def pool_context(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-pathway temporal average, concatenated on channels: [B, sum C_p, H, W], the map RoIs are read from."""
+    shapes = {(m.shape[0], *m.shape[-2:]) for m in maps}
+    if len(shapes) != 1:
+        raise ValueError(f"pathway maps disagree: {[tuple(m.shape) for m in maps]}")
+    return torch.cat([m.mean(dim=2) for m in maps], dim=1)
+
+
+def load_backbone(config: BackboneConfig) -> tuple[nn.Module, str]:
+    """The backbone in eval mode and a digest of its weights' origin (for the store fingerprint).
+
+    SlowFast checkpoints load through ``stages.checkpoints`` (PySlowFast and the other public layouts); the
+    torchvision backbones and CSN through :func:`load_torchvision_checkpoint`. Both read weights only.
+    """
+    torch.manual_seed(config.seed)
+    if config.name == "slowfast":
+        backbone = SlowFastBackbone(SlowFast(config.slowfast_config()))
+    else:
+        backbone = build_backbone(config.name, **dict(config.options))
+    if config.checkpoint is None:
+        return backbone.eval(), f"random-init(seed={config.seed})"
+    path = Path(config.checkpoint)
+    if config.name == "slowfast":
+        load_backbone_checkpoint(backbone.model, path, config.checkpoint_layout)
+    else:
+        load_torchvision_checkpoint(backbone, path)
+    return backbone.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def backbone_checkpoint(backbone: nn.Module) -> dict[str, Any]:
+    """What to save so :func:`load_backbone` reads it back: PySlowFast's layout for SlowFast, else a state dict."""
+    if isinstance(backbone, SlowFastBackbone):
+        return {"model_state": backbone.model.state_dict()}
+    return {"state_dict": backbone.state_dict()}

@@ -8,11 +8,10 @@ record are skipped, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,40 +22,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import box_iou, roi_align
 from tqdm import tqdm
 
 from cache_spec import views as V
 from cache_spec.store import Store, create_store
 from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
-from stages.checkpoints import load_backbone_checkpoint
-from stages.slowfast import SlowFast, SlowFastConfig, pool_context
+from stages.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
 from stages.video import ClipSampling, VideoDecodeError, iter_keyframe_clips, preprocess_clip, video_info
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS = (V.ROI_POOLED, V.CONTEXT_MAP)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Which backbone produces the features: a SlowFast preset, optionally with a checkpoint we wrote."""
-
-    preset: str = "small"  # small | r50 | r101
-    checkpoint: Path | None = None  # `pipeline finetune` output or a public checkpoint (stages/checkpoints.py)
-    checkpoint_layout: str = "auto"  # pyslowfast | caffe2 | pytorchvideo | mmaction2 | acar | auto
-    seed: int = 0  # initialisation seed when there is no checkpoint
-
-    def slowfast_config(self) -> SlowFastConfig:
-        presets = {
-            "small": SlowFastConfig.small(),
-            "r50": SlowFastConfig(),
-            "r101": SlowFastConfig(depth_layers=(3, 4, 23, 3), fusion_kernel=5),
-        }
-        if self.preset not in presets:
-            raise ValueError(f"unknown backbone preset {self.preset!r}; choose one of {sorted(presets)}")
-        return presets[self.preset]
 
 
 @dataclass(frozen=True)
@@ -116,7 +96,7 @@ def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     clips["clip_index"] = np.arange(len(clips))
     boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
     boxes["box_index"] = np.arange(len(boxes))
-    stride = config.backbone.slowfast_config().stride
+    stride = config.backbone.stride
     _add_canvas_geometry(clips, boxes, data / "videos", config.input_sampling, stride, config.flip)
     return clips, boxes.drop(columns=["video_id", "timestamp"])
 
@@ -199,36 +179,27 @@ def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:
 
 
 # ---- the backbone ---------------------------------------------------------------------------------------------
-def load_backbone(config: BackboneConfig) -> tuple[SlowFast, str]:
-    """The backbone in eval mode and a digest of its weights' origin (for the fingerprint)."""
-    torch.manual_seed(config.seed)
-    model = SlowFast(config.slowfast_config())
-    if config.checkpoint is None:
-        return model.eval(), f"random-init(seed={config.seed})"
-    path = Path(config.checkpoint)
-    load_backbone_checkpoint(model, path, config.checkpoint_layout)
-    return model.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def store_dims(model: SlowFast, sampling: ClipSampling) -> dict[str, int]:
-    stride = model.config.stride
-    return {
-        "C": model.slow_channels + model.fast_channels,
-        "C_s": model.slow_channels,
-        "C_f": model.fast_channels,
-        "H": sampling.canvas[0] // stride,
-        "W": sampling.canvas[1] // stride,
-        "T_s": sampling.num_frames // model.config.alpha,
-        "T_f": sampling.num_frames,
+def store_dims(backbone: nn.Module, sampling: ClipSampling) -> dict[str, int]:
+    """The symbolic dimensions of the views: C over all pathways; C_s/T_s pathway 0; C_f/T_f pathway 1."""
+    channels, strides = backbone.pathway_channels, backbone.temporal_strides
+    dims = {
+        "C": sum(channels),
+        "H": sampling.canvas[0] // backbone.stride,
+        "W": sampling.canvas[1] // backbone.stride,
+        "C_s": channels[0],
+        "T_s": sampling.num_frames // strides[0],
     }
+    if len(channels) > 1:
+        dims.update(C_f=channels[1], T_f=sampling.num_frames // strides[1])
+    return dims
 
 
 def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
     """The fields that change a store's numbers; a reader asking for another value is refused."""
     return {
         "split": config.split,
-        "backbone": "slowfast",
-        "backbone_config": asdict(config.backbone.slowfast_config()),
+        "backbone": config.backbone.name,
+        "backbone_config": config.backbone.architecture(),
         "weights": weights,
         "sampling": asdict(config.sampling),
         "scale": config.scale,
@@ -241,43 +212,50 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
 
 
 # ---- computing views ------------------------------------------------------------------------------------------
-def compute_views(
-    slow: torch.Tensor, fast: torch.Tensor, rois: torch.Tensor, views: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """All requested views of one batch. ``rois`` is [N, 5] (clip in batch, x1, y1, x2, y2 canvas pixels)."""
-    context = pool_context(slow, fast)
-    scale = 1.0  # rois are in feature-map cells already
+def compute_views(maps: Sequence[torch.Tensor], rois: torch.Tensor, views: Iterable[str]) -> dict[str, torch.Tensor]:
+    """All requested views of one batch from the per-pathway maps [B, C_p, T_p, H, W].
+
+    ``rois`` is [N, 5]: (clip in batch, x1, y1, x2, y2) in feature-map cells. "slow" views read pathway 0 and
+    "fast" views pathway 1 (a single-pathway backbone has no fast views).
+    """
+    context = pool_context(maps)
     out: dict[str, torch.Tensor] = {}
     spatial = None
     for view in views:
+        if view in (V.FAST_SPOOL, V.FAST_FULL) and len(maps) < 2:
+            raise ValueError(f"view {view!r} needs a second (fast) pathway; this backbone has one")
         if view in (V.ROI_POOLED, V.ROI_SPATIAL):
             if spatial is None:
-                spatial = roi_align(context, rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
+                spatial = _roi_align(context, rois, 7)
             out[view] = spatial.amax(dim=(2, 3)) if view == V.ROI_POOLED else spatial
         elif view == V.CONTEXT_MAP:
             out[view] = context
         elif view == V.CONTEXT_EXT:
-            out[view] = roi_align(context, _enlarge(rois, 2.0), 9, spatial_scale=scale, sampling_ratio=0, aligned=True)
+            out[view] = _roi_align(context, _enlarge(rois, 2.0), 9)
         elif view == V.ROI_TEMPORAL:
-            t_s = slow.shape[2]
-            fast_t = torch.nn.functional.adaptive_avg_pool3d(fast, (t_s, *fast.shape[-2:]))
-            per_t = torch.cat([slow, fast_t], dim=1)  # [B, C, T_s, H, W]
-            frames = per_t.permute(0, 2, 1, 3, 4).reshape(-1, per_t.shape[1], *per_t.shape[-2:])
+            t_s = maps[0].shape[2]
+            per_t = torch.cat([F.adaptive_avg_pool3d(m, (t_s, *m.shape[-2:])) for m in maps], dim=1)
+            frames = per_t.permute(0, 2, 1, 3, 4).reshape(-1, per_t.shape[1], *per_t.shape[-2:])  # [B*T_s, C, H, W]
             frame_rois = rois.repeat_interleave(t_s, dim=0).clone()
             frame_rois[:, 0] = frame_rois[:, 0] * t_s + torch.arange(t_s, dtype=rois.dtype).repeat(len(rois))
-            pooled = roi_align(frames, frame_rois, 7, spatial_scale=scale, sampling_ratio=0, aligned=True)
-            out[view] = pooled.amax(dim=(2, 3)).reshape(len(rois), t_s, -1).permute(0, 2, 1)
+            pooled = _roi_align(frames, frame_rois, 7).amax(dim=(2, 3))
+            out[view] = pooled.reshape(len(rois), t_s, -1).permute(0, 2, 1)
         elif view == V.SLOW_TPOOL:
-            out[view] = slow.mean(dim=2)
+            out[view] = maps[0].mean(dim=2)
         elif view == V.FAST_SPOOL:
-            out[view] = fast.mean(dim=(3, 4))
+            out[view] = maps[1].mean(dim=(3, 4))
         elif view == V.SLOW_FULL:
-            out[view] = slow
+            out[view] = maps[0]
         elif view == V.FAST_FULL:
-            out[view] = fast
+            out[view] = maps[1]
         else:
             raise KeyError(f"extraction cannot compute view {view!r}")
     return out
+
+
+def _roi_align(x: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
+    """SlowFast's RoIAlign convention (aligned, adaptive sampling); ``rois`` already in map cells."""
+    return roi_align(x, rois, size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
 
 
 def _enlarge(rois: torch.Tensor, factor: float) -> torch.Tensor:
@@ -368,6 +346,11 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
     if config.threads:
         torch.set_num_threads(config.threads)
     model, weights = load_backbone(config.backbone)
+    if model.stride != config.backbone.stride:
+        raise ValueError(
+            f"backbone {config.backbone.name} has stride {model.stride}, expected {config.backbone.stride}"
+        )
+    check_clip_size(model, config.input_sampling.num_frames, *config.input_sampling.canvas)
     clips, boxes = build_manifest(config)
     store = create_store(
         config.out,
@@ -448,7 +431,7 @@ class _ShardBuffer:
 class _BatchRunner:
     """Runs the backbone on a batch of clips and files each view's rows into its shard's buffer."""
 
-    def __init__(self, model: SlowFast, store: Store):
+    def __init__(self, model: nn.Module, store: Store):
         self.model, self.store = model, store
         self.box_start = store.clips["box_start"].to_numpy()
         self.box_count = store.clips["box_count"].to_numpy()
@@ -469,8 +452,7 @@ class _BatchRunner:
         box_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.box_start[index], counts, strict=True)])
         owner = torch.from_numpy(np.repeat(np.arange(len(good)), counts).astype(np.float32))
         rois = torch.cat([owner[:, None], torch.from_numpy(self.map_boxes[box_rows])], dim=1)
-        slow, fast = self.model(torch.stack([c.tensor for c in good]))
-        computed = compute_views(slow, fast, rois, self.store.views)
+        computed = compute_views(self.model(torch.stack([c.tensor for c in good])), rois, self.store.views)
         for view, values in computed.items():
             by_clip = V.get_view(view).rows == "clips"
             rows = index - buf.range.clip_start if by_clip else box_rows - buf.range.box_start

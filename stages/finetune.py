@@ -22,8 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.ava_io import read_label_map
-from stages.extract import BackboneConfig, ExtractConfig, build_manifest, decode_clips, in_background, load_backbone
-from stages.slowfast import SlowFast, pool_context, roi_pool_features
+from stages.backbones import BackboneConfig, backbone_checkpoint, load_backbone, pool_context
+from stages.extract import ExtractConfig, build_manifest, decode_clips, in_background
+from stages.slowfast import roi_pool_features
 from stages.train import multi_hot, resolve_device
 from stages.video import ClipSampling
 
@@ -50,14 +51,14 @@ class FinetuneConfig:
 class RoIDetector(nn.Module):
     """Backbone + the linear RoI head, trained together (PySlowFast's AVA detection model)."""
 
-    def __init__(self, backbone: SlowFast, num_classes: int, dropout: float):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(backbone.slow_channels + backbone.fast_channels, num_classes)
+        self.classifier = nn.Linear(sum(backbone.pathway_channels), num_classes)
 
     def forward(self, clips: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        context = pool_context(*self.backbone(clips))
+        context = pool_context(self.backbone(clips))
         pooled = roi_pool_features(context, rois[:, 1:], rois[:, 0], spatial_scale=1.0)  # rois in map cells
         return self.classifier(self.dropout(pooled))
 
@@ -120,8 +121,7 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
         curve.append({"epoch": epoch + 1, "loss": total / n})
         log.info("finetune epoch %d: loss %.4f", epoch + 1, total / n)
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    # PySlowFast's checkpoint layout, so extract loads it like any public checkpoint
-    torch.save({"model_state": model.backbone.state_dict(), "class_ids": list(class_ids)}, config.out)
+    torch.save({**backbone_checkpoint(model.backbone), "class_ids": list(class_ids)}, config.out)
     metrics = {
         "final_loss": curve[-1]["loss"],
         "epochs": config.epochs,

@@ -326,13 +326,6 @@ class SlowFast(nn.Module):
         return self.s5(slow, fast)
 
 
-def pool_context(slow_map: torch.Tensor, fast_map: torch.Tensor) -> torch.Tensor:
-    """Per-pathway temporal average, concatenated on channels: [B, C_s + C_f, H, W], the map RoIs are read from."""
-    if slow_map.shape[-2:] != fast_map.shape[-2:] or slow_map.shape[0] != fast_map.shape[0]:
-        raise ValueError(f"pathway maps disagree: {tuple(slow_map.shape)} vs {tuple(fast_map.shape)}")
-    return torch.cat([slow_map.mean(dim=2), fast_map.mean(dim=2)], dim=1)
-
-
 def roi_pool_features(
     context: torch.Tensor,
     boxes_xyxy: torch.Tensor,

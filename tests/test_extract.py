@@ -73,7 +73,7 @@ def test_rois_pool_from_their_own_clip_and_position():
     fast = torch.zeros(2, 2, 8, 6, 6)
     slow[1, :, :, 4, 1] = 1.0
     rois = torch.tensor([[1, 0, 3, 3, 6], [0, 0, 3, 3, 6], [1, 3, 0, 6, 3]], dtype=torch.float32)  # map cells
-    views = compute_views(slow, fast, rois, [ROI_POOLED, ROI_SPATIAL, CONTEXT_MAP])
+    views = compute_views((slow, fast), rois, [ROI_POOLED, ROI_SPATIAL, CONTEXT_MAP])
     assert views[ROI_POOLED].shape == (3, 6)
     assert views[ROI_POOLED][0, :4].min() > 0.5
     assert views[ROI_POOLED][1].abs().max() == 0 and views[ROI_POOLED][2].abs().max() == 0
@@ -172,3 +172,16 @@ def test_flip_and_scale_variants_keep_the_row_order_and_mirror_the_boxes(tiny_pa
     assert f.fingerprint["flip"] is True and s.fingerprint["scale"] == 1.5
     assert (s.dims["H"], s.dims["W"]) == (12, 16)  # canvas 128x160 x1.5 -> 192x240, rounded up to 32s: 192x256
     assert not np.array_equal(a.read_view(ROI_POOLED), f.read_view(ROI_POOLED))
+
+
+def test_single_pathway_backbone_fills_the_pathway_free_views(tiny_params):
+    tiny_params["backbone"].update(name="csn", options={"depth_layers": [1, 1, 1, 1], "width": 8})
+    config = extract_config(tiny_params, "val", heads=["linear"])
+    config = replace(config, views=(ROI_POOLED, CONTEXT_MAP, "slow_tpool"))
+    extract(config)
+    store = open_store(config.out)
+    assert store.fingerprint["backbone"] == "csn" and "C_f" not in store.dims
+    assert store.dims["C"] == store.dims["C_s"] == 256
+    assert store.read_view("slow_tpool").shape == (len(store.clips), 256, 8, 10)
+    with pytest.raises(KeyError, match=r"fast_spool.*needs dimension.*C_f"):
+        extract(replace(config, out=config.out.with_name("fast.zarr"), views=(ROI_POOLED, "fast_spool")))

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from stages.backbones import pool_context
 from stages.slowfast import (
     SlowFast,
     SlowFastConfig,
-    pool_context,
     roi_pool_features,
     slow_indices,
     split_pathways,
@@ -148,12 +148,12 @@ def test_lateral_connections_feed_the_slow_pathway(slow_sampling: str) -> None:
 def test_pool_context_averages_time_per_pathway() -> None:
     slow = torch.randn(2, 6, 4, 5, 7)
     fast = torch.randn(2, 3, 16, 5, 7)
-    context = pool_context(slow, fast)
+    context = pool_context((slow, fast))
     assert context.shape == (2, 9, 5, 7)
     torch.testing.assert_close(context[:, :6], slow.mean(2))
     torch.testing.assert_close(context[:, 6:], fast.mean(2))
     with pytest.raises(ValueError):
-        pool_context(slow, fast[..., :4])
+        pool_context((slow, fast[..., :4]))
 
 
 def test_roi_pool_features_sees_a_hot_pixel_only_inside_its_box() -> None:
