@@ -23,9 +23,14 @@ RoIAlign is linear over positions with weights independent of the channel, so th
 ``conv_reduce(RoIAlign(x)) == RoIAlign(conv_reduce(x))``. The head applies ``conv_reduce`` to ``roi_spatial``
 and then max-pools; it cannot use ``roi_pooled``, because the max does not commute with ``conv_reduce``.
 
-One difference from the reference remains: it crops each clip's map to its valid (unpadded) extent before the
-first-order encoding, and the cache's views carry no extent, so this head sees the padded map whole. On
-unpadded clips the two agree (checked against the reference code to float32 rounding).
+Padding: the reference crops each clip's map to its valid (unpadded) extent before the first-order encoding,
+so its convolutions meet zero padding at the crop border and its pooling and GroupNorm see the valid cells only.
+This head keeps the batch padded (one pass for all clips) and reproduces the crop exactly with the
+``clip_extent`` view: positions beyond a clip's extent are zeroed before every convolution and max pool (the
+pooled maps are ReLU'd, so a zero never wins a max over a valid cell), GroupNorm takes its statistics over the
+valid cells, and the final average runs over them. A clip narrower than the unpadded 3x3 convolution (under 3
+cells) is widened to 3, where the reference would have no output. The actor (``roi_spatial``) is read from
+the padded map, as the reference reads it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache_spec.views import CONTEXT_MAP, ROI_SPATIAL
+from cache_spec.views import CLIP_EXTENT, CONTEXT_MAP, ROI_SPATIAL
+from heads._extent import clip_extent, extent_mask, masked_group_norm, masked_mean, pooled_extent
 from heads._grouping import ClipGroups, masked_softmax
 from heads.acrn import actor_context_conv
 from heads.base import Head
@@ -70,8 +76,14 @@ class HR2ONonLocal(nn.Module):
         self.norm = nn.GroupNorm(1, channels)
         self.dp = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, groups: ClipGroups) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` [n_boxes, C, h, w] -> (updated x, attention [n_boxes, h, w, max_actors])."""
+    def forward(
+        self, x: torch.Tensor, groups: ClipGroups, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` [n_boxes, C, h, w] -> (updated x, attention [n_boxes, h, w, max_actors]).
+
+        ``mask`` [n_boxes, 1, h, w] (1 on the valid cells; ``x`` already 0 beyond them) makes the block compute
+        what it would on each map cropped to its valid cells; the output is 0 beyond them again.
+        """
         value = groups.pad(self.conv_v(x)).permute(0, 3, 4, 1, 2)  # [G, h, w, A, C]
         key_valid = groups.valid[:, None, None, None, :]  # [G, 1, 1, 1, A(keys)]
         if self.uniform:
@@ -82,8 +94,10 @@ class HR2ONonLocal(nn.Module):
             key = groups.pad(self.conv_k(x)).permute(0, 3, 4, 1, 2)
             attention = masked_softmax(query @ key.transpose(-1, -2) / self.channels**0.5, key_valid)
         attended = groups.unpad((attention @ value).permute(0, 3, 4, 1, 2))  # [n_boxes, C, h, w]
-        update = self.dp(self.conv(F.relu(self.norm(attended))))
-        return x + update, groups.unpad(attention.permute(0, 3, 1, 2, 4))
+        hidden = F.relu(masked_group_norm(attended, mask, self.norm))
+        update = self.dp(self.conv(hidden if mask is None else hidden * mask))
+        x = x + update
+        return (x if mask is None else x * mask), groups.unpad(attention.permute(0, 3, 1, 2, 4))
 
 
 class HR2ORelation(nn.Module):
@@ -100,8 +114,18 @@ class HR2ORelation(nn.Module):
         self.conv_pair = nn.Conv2d(2 * actor_dim + context_dim, channels, 1)
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False)
 
-    def forward(self, x: torch.Tensor, actor: torch.Tensor, context: torch.Tensor, groups: ClipGroups) -> torch.Tensor:
-        """``x`` [n_boxes, C, h, w], ``actor`` [n_boxes, R], ``context`` [n_clips, R_x, h, w] -> updated x."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        actor: torch.Tensor,
+        context: torch.Tensor,
+        groups: ClipGroups,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` [n_boxes, C, h, w], ``actor`` [n_boxes, R], ``context`` [n_clips, R_x, h, w] -> updated x.
+
+        ``mask`` [n_boxes, 1, h, w] as in :class:`HR2ONonLocal`: the output is what the cropped maps give.
+        """
         weight = self.conv_pair.weight[:, :, 0, 0]
         a = self.actor_dim
         first = groups.pad(actor @ weight[:, :a].T)  # [G, A, C]
@@ -109,18 +133,21 @@ class HR2ORelation(nn.Module):
         scene = F.conv2d(context, weight[:, 2 * a :, None, None], self.conv_pair.bias)[groups.clip]  # [G, C, h, w]
         pairs = first[:, :, None, :, None, None] + second[:, None, :, :, None, None] + scene[:, None, None]
         pairs = F.relu(pairs) * groups.valid[:, None, :, None, None, None]  # [G, A_i, A_j, C, h, w]
-        mean = pairs.sum(dim=2) / groups.counts[:, None, None, None, None]
-        return x + self.conv(groups.unpad(mean))
+        mean = groups.unpad(pairs.sum(dim=2) / groups.counts[:, None, None, None, None])
+        if mask is None:
+            return x + self.conv(mean)
+        return (x + self.conv(mean * mask)) * mask
 
 
 class ACARHead(Head):
     """Actor-context-actor relations (HR2O) over first-order actor-context maps; names load ACAR checkpoints.
 
     ``last_attention``: ``hr2o.{i}`` -> [n_boxes, h, w, max_actors] for the NL and Avg variants (context-first),
-    [n_boxes, 1, 1, max_actors] for actor-first; the RN variant has no attention weights.
+    [n_boxes, 1, 1, max_actors] for actor-first; the RN variant has no attention weights. Positions beyond a
+    clip's extent attend uniformly (their features are zero) and mean nothing.
     """
 
-    views = (CONTEXT_MAP, ROI_SPATIAL)
+    views = (CONTEXT_MAP, ROI_SPATIAL, CLIP_EXTENT)
 
     def __init__(
         self,
@@ -175,6 +202,8 @@ class ACARHead(Head):
         box_clip = box_clip.long()
         groups = ClipGroups.from_box_clip(box_clip)
         context = self.conv_reduce(views[CONTEXT_MAP].float())  # [n_clips, R, H, W]
+        height, width = context.shape[-2:]
+        extent = clip_extent(views, len(context), height, width, minimum=3).to(context.device)
         # conv_reduce commutes with RoIAlign (both linear, see the module docstring): this is ACAR's actor.
         actor = self.conv_reduce(views[ROI_SPATIAL].float()).amax(dim=(2, 3))  # [n_boxes, R]
         attention: dict[str, torch.Tensor] = {}
@@ -184,17 +213,40 @@ class ACARHead(Head):
                 x, attention[f"hr2o.{i}"] = block(x, groups)
             actor = x[:, :, 0, 0]
         first = F.relu(actor_context_conv(self.conv1, context, actor, box_clip))
-        x = self.downsample(F.relu(self.conv2(first)))  # [n_boxes, hidden, h, w]
+        # conv2 has no padding: its valid outputs are those whose 3x3 window lies inside the extent
+        first_extent = extent - 2
+        x = F.relu(self.conv2(first))
+        x = x * self._mask(first_extent[box_clip], x)  # ReLU'd: a zero never wins the max over a valid cell
+        x = self.downsample(x)  # [n_boxes, hidden, h, w]
+        hr2o_extent = pooled_extent(first_extent, self.downsample)
+        mask = self._mask(hr2o_extent[box_clip], x)
+        x = x * mask
         if self.order == "context_first":
-            rn_context = self.downsample(context[:, :, 1:-1, 1:-1]) if self.hr2o_kind == "rn" else None
+            rn_context = self._rn_context(context, first_extent, hr2o_extent) if self.hr2o_kind == "rn" else None
             for i, block in enumerate(self.hr2o):
                 if isinstance(block, HR2ORelation):
-                    x = block(x, actor, rn_context, groups)
+                    x = block(x, actor, rn_context, groups, mask)
                 else:
-                    x, attention[f"hr2o.{i}"] = block(x, groups)
+                    x, attention[f"hr2o.{i}"] = block(x, groups, mask)
         self.last_attention = {name: w.detach() for name, w in attention.items()}
-        out = torch.cat([F.relu(self.fc1(actor)), x.mean(dim=(2, 3))], dim=1)
+        out = torch.cat([F.relu(self.fc1(actor)), masked_mean(x, mask)], dim=1)
         return self.fc2(self.dp(out))
+
+    @staticmethod
+    def _mask(extent: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[n, 1, h, w] 0/1 in ``like``'s dtype: the valid cells of maps shaped like ``like``."""
+        return extent_mask(extent, *like.shape[-2:])[:, None].to(like.dtype)
+
+    def _rn_context(self, context: torch.Tensor, inner: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The context on the first-order grid (border cells dropped, pooled), 0 beyond each clip's extent.
+
+        The reduced context can be negative, so cells beyond the extent are filled with -inf before the max pool
+        (as the pool's own padding is), which leaves the valid cells' maxima those of the cropped map.
+        """
+        inner_map = context[:, :, 1:-1, 1:-1]
+        valid = extent_mask(inner, *inner_map.shape[-2:])[:, None]
+        pooled_map = self.downsample(inner_map.masked_fill(~valid, float("-inf")))
+        return pooled_map.masked_fill(~extent_mask(pooled, *pooled_map.shape[-2:])[:, None], 0.0)
 
 
 class LoadReport(NamedTuple):

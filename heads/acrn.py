@@ -5,8 +5,9 @@ concatenated with it; a 1x1 convolution encodes the actor-context relation at ea
 convolution aggregates neighbouring relations; average pooling over the map gives one relation vector,
 classified together with the actor vector. Every context position gets the same weight (no attention).
 
-The context map is used whole, padding included: the cache has no valid extent per clip among its views (the
-reference crops each map to its extent before tiling, see ``heads.acar``).
+Padding: like ACAR-Net's reference, the head works on each clip's map cropped to its valid extent
+(``clip_extent``): the relation map is zeroed beyond it, so the 3x3 convolution meets the zeros of its own
+padding at the crop border, and the average runs over the valid cells only. The batch stays padded (one pass).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache_spec.views import CONTEXT_MAP, ROI_POOLED
+from cache_spec.views import CLIP_EXTENT, CONTEXT_MAP, ROI_POOLED
+from heads._extent import clip_extent, extent_mask, masked_mean
 from heads.base import Head
 
 
@@ -50,7 +52,7 @@ def actor_context_conv(
 class ACRNHead(Head):
     """Actor-context relations by convolution over the tiled actor + context map, then pooled and classified."""
 
-    views = (ROI_POOLED, CONTEXT_MAP)
+    views = (ROI_POOLED, CONTEXT_MAP, CLIP_EXTENT)
 
     def __init__(self, in_channels: int, num_classes: int, hidden_dim: int = 512, dropout: float = 0.5):
         super().__init__()
@@ -66,6 +68,9 @@ class ACRNHead(Head):
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         actor = views[ROI_POOLED].float()
         context = views[CONTEXT_MAP].float()
-        relation = F.relu(actor_context_conv(self.conv1, context, actor, box_clip.long()))
-        relation = F.relu(self.conv2(relation)).mean(dim=(2, 3))
+        box_clip = box_clip.long()
+        extent = clip_extent(views, len(context), *context.shape[-2:]).to(context.device)
+        mask = extent_mask(extent[box_clip], *context.shape[-2:])[:, None].to(context.dtype)  # [n, 1, H, W]
+        relation = F.relu(actor_context_conv(self.conv1, context, actor, box_clip)) * mask
+        relation = masked_mean(F.relu(self.conv2(relation)), mask)
         return self.classifier(self.dropout(torch.cat([actor, relation], dim=1)))

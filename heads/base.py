@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +27,9 @@ class Head(nn.Module):
     attention (linear, ACRN, ACAR's relation-network variant) leave it empty or do not have it.
     """
 
-    views: ClassVar[tuple[str, ...]] = ()
+    # The class attribute is the default variant's set (what ``pipeline heads`` lists and extraction stores for
+    # the head); a variant that reads other views sets ``self.views`` in ``__init__``, and training reads that.
+    views: tuple[str, ...] = ()
 
     @classmethod
     def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> Head:

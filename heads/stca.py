@@ -8,9 +8,13 @@ is multi-head attention + feed-forward (post-LN, as in the Transformer). A globa
 and two linear layers give the logits.
 
 Ablations (the paper's Table 1): ``actor="pooled"`` max-pools the 49 tokens to one before attention (what
-earlier heads do), ``context="spatial"`` keeps block 1 only. The paper's spatial-only context concatenates
-both pathways pooled over time, which is ``context_map``; this head reads ``slow_tpool`` there instead, because
-a head class declares one fixed set of views and the default variant does not need ``context_map``.
+earlier heads do), ``context="spatial"`` keeps block 1 only, whose keys/values are then, as in the paper, both
+pathways pooled over time and concatenated: ``context_map`` (that variant's ``views`` name it instead of
+``slow_tpool`` and ``fast_spool``).
+
+Padding: the map tokens beyond a clip's valid extent (``clip_extent``) are masked out of the keys, so the
+padding of the canvas never reaches an actor. ``fast_spool`` is pooled over the padded map at extraction; the
+head cannot undo that.
 
 The paper gives no widths: ``width`` 512, 8 heads, ``mlp_ratio`` 4 and dropout 0.1 are Transformer defaults.
 Learned position embeddings are added to the actor tokens (7x7), the slow tokens (H x W) and the fast tokens
@@ -27,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cache_spec.views import FAST_SPOOL, ROI_SPATIAL, SLOW_TPOOL
+from cache_spec.views import CLIP_EXTENT, CONTEXT_MAP, FAST_SPOOL, ROI_SPATIAL, SLOW_TPOOL
+from heads._extent import clip_extent, extent_mask
 from heads._grouping import ClipGroups
 from heads.base import Head
 from heads.pcca import CrossAttentionLayer
@@ -42,10 +47,11 @@ class STCAHead(Head):
 
     Cross attention does not mix actors, so the actor tokens of a clip share one query sequence per clip and
     the clip's keys/values are projected once (the same result as one sequence per actor, with less work).
-    ``last_attention``: ``spatial`` -> [n_boxes, heads, n_actor_tokens, H*W], ``temporal`` -> [..., T_f].
+    ``last_attention``: ``spatial`` -> [n_boxes, heads, n_actor_tokens, H*W] (0 on padded cells), ``temporal``
+    -> [..., T_f].
     """
 
-    views = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL)
+    views = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL, CLIP_EXTENT)
 
     def __init__(
         self,
@@ -70,9 +76,13 @@ class STCAHead(Head):
         if actor not in ("spatial", "pooled"):
             raise ValueError(f"actor must be 'spatial' or 'pooled', got {actor!r}")
         self.context, self.actor = context, actor
+        # the spatial block's keys: the slow map pooled over time, or both pathways (context_map) when spatial-only
+        self.spatial_view = SLOW_TPOOL if context == "spatiotemporal" else CONTEXT_MAP
+        if context == "spatial":
+            self.views = (ROI_SPATIAL, CONTEXT_MAP, CLIP_EXTENT)
         self.actor_proj = nn.Linear(in_channels, width)
         self.actor_position = _embedding(roi_size * roi_size, width) if actor == "spatial" else None
-        self.slow_proj = nn.Linear(slow_channels, width)
+        self.slow_proj = nn.Linear(slow_channels if context == "spatiotemporal" else in_channels, width)
         self.slow_position = _embedding(map_hw[0] * map_hw[1], width)
         self.spatial_block = CrossAttentionLayer(width, heads, mlp_ratio, dropout)
         if context == "spatiotemporal":
@@ -97,8 +107,11 @@ class STCAHead(Head):
         groups = ClipGroups.from_box_clip(box_clip)
         n_tokens = tokens.shape[1]
         queries = groups.pad(tokens).flatten(1, 2)  # [G, A * n_tokens, d]
-        slow = views[SLOW_TPOOL].float()[groups.clip].flatten(2).transpose(1, 2)  # [G, H*W, C_s]
-        queries, spatial = self.spatial_block(queries, self.slow_proj(slow) + self.slow_position)
+        spatial_map = views[self.spatial_view].float()  # [n_clips, C_s or C, H, W]
+        extent = clip_extent(views, len(spatial_map), *spatial_map.shape[-2:]).to(spatial_map.device)
+        padded = ~extent_mask(extent[groups.clip], *spatial_map.shape[-2:]).flatten(1)  # [G, H*W], True on padding
+        keys = self.slow_proj(spatial_map[groups.clip].flatten(2).transpose(1, 2)) + self.slow_position
+        queries, spatial = self.spatial_block(queries, keys, key_padding_mask=padded)
         attention = {"spatial": spatial}
         if self.context == "spatiotemporal":
             fast = views[FAST_SPOOL].float()[groups.clip].transpose(1, 2)  # [G, T_f, C_f]

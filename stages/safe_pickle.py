@@ -10,30 +10,27 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+_BUILTINS = (
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "str",
+    "bytes",
+    "bytearray",
+    "int",
+    "float",
+    "complex",
+    "bool",
+    "slice",
+    "range",
+    "object",
+)
 _ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        *(
-            ("builtins", name)
-            for name in (
-                "dict",
-                "list",
-                "tuple",
-                "set",
-                "frozenset",
-                "str",
-                "bytes",
-                "bytearray",
-                "int",
-                "float",
-                "complex",
-                "bool",
-                "slice",
-                "range",
-                "object",
-            )
-        ),
-        ("__builtin__", "set"),  # Python 2 pickles
-        ("__builtin__", "frozenset"),
+        *(("builtins", name) for name in _BUILTINS),
+        *(("__builtin__", name) for name in (*_BUILTINS, "xrange", "unicode", "long")),  # Python 2 spellings
         ("collections", "OrderedDict"),
         ("_codecs", "encode"),  # how Python 3 pickles bytes for Python 2 (numpy array payloads)
         ("copy_reg", "_reconstructor"),

@@ -28,7 +28,7 @@ def tiny_params(tiny_data: Path, tmp_path: Path) -> dict:
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["paths"] = {"data": str(tiny_data), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs")}
     params["backbone"]["checkpoint"] = None
-    params["extract"].update(clips_per_shard=3, batch_clips=2, threads=1)
+    params["extract"].update(clips_per_shard=3, batch_clips=2, threads=1, heads=["linear"], views=["context_map"])
     params["train"].update(epochs=3, device="cpu")
     params["evaluate"]["device"] = "cpu"
     params["finetune"].update(epochs=1, device="cpu", threads=1)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from cache_spec.views import (
+    BOX_ON_MAP,
+    CLIP_EXTENT,
     CONTEXT_EXT,
     CONTEXT_MAP,
     FAST_FULL,
@@ -65,20 +67,31 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_head(name: str, seed: int = 0, **options: Any) -> Head:
+def make_head(name: str, seed: int = 0, dims: dict[str, int] = DIMS, **options: Any) -> Head:
     torch.manual_seed(seed)
-    return build_head(name, DIMS, NUM_CLASSES, **{**SMALL[name], **options}).eval()
+    return build_head(name, dims, NUM_CLASSES, **{**SMALL[name], **options}).eval()
 
 
-def make_views(head: Head, box_clip: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Random float16 views shaped like the cache's (ReLU'd, as backbone features are)."""
+def make_views(
+    head: Head, box_clip: torch.Tensor, seed: int = 1, dims: dict[str, int] = DIMS
+) -> dict[str, torch.Tensor]:
+    """Random float16 views shaped like the cache's (ReLU'd, as backbone features are); unpadded maps whole
+    (``clip_extent`` = the map size) and boxes inside them (``box_on_map``), as the manifest gives them."""
     gen = torch.Generator().manual_seed(seed)
     n_clips = int(box_clip.max()) + 1
     out = {}
     for view in head.views:
         spec = VIEWS[view]
         rows = n_clips if spec.rows == "clips" else len(box_clip)
-        out[view] = torch.randn(rows, *spec.shape(DIMS), generator=gen).relu().half()
+        if view == CLIP_EXTENT:
+            out[view] = torch.tensor([[dims["H"], dims["W"]]], dtype=torch.float32).repeat(rows, 1)
+        elif view == BOX_ON_MAP:
+            size = torch.tensor([dims["W"], dims["H"]], dtype=torch.float32)
+            corner = torch.rand(rows, 2, generator=gen) * size * 0.5
+            extent = (0.2 + 0.3 * torch.rand(rows, 2, generator=gen)) * size
+            out[view] = torch.cat([corner, corner + extent], dim=1)
+        else:
+            out[view] = torch.randn(rows, *spec.shape(dims), generator=gen).relu().half()
     return out
 
 
@@ -129,7 +142,7 @@ def test_learns_a_fixed_batch(name: str) -> None:
     box_clip = torch.tensor([0, 1, 1, 1, 2, 2, 2, 2])
     views = make_views(head, box_clip, seed=3)
     targets = (torch.rand(len(box_clip), NUM_CLASSES, generator=torch.Generator().manual_seed(4)) < 0.4).float()
-    # ssfa/tsfa pool 49 LayerNorm'd tokens of random noise, so their boxes start nearly alike: a larger step
+    # ssfa/tsfa pool 49 RoI cells of a LayerNorm'd map of random noise, so their boxes start nearly alike
     optimiser = torch.optim.Adam(head.parameters(), lr=3e-2 if name in ("ssfa", "tsfa") else 1e-2)
     losses = []
     for _ in range(40):
@@ -150,8 +163,8 @@ ACTOR_VIEW = {
     "stca": ROI_SPATIAL,
     "s_only": ROI_SPATIAL,
     "t_only": ROI_TEMPORAL,
-    "ssfa": ROI_SPATIAL,
-    "tsfa": ROI_SPATIAL,
+    "ssfa": BOX_ON_MAP,
+    "tsfa": BOX_ON_MAP,
 }
 
 
@@ -179,7 +192,7 @@ def test_actor_sees_its_clip_mates_only_in_relation_heads(name: str, options: di
         ("pcca", {}, CONTEXT_EXT, True),
         ("stca", {}, SLOW_TPOOL, True),
         ("stca", {}, FAST_SPOOL, True),
-        ("stca", {"context": "spatial"}, FAST_SPOOL, False),
+        ("stca", {"context": "spatial"}, CONTEXT_MAP, True),
         ("ssfa", {}, SLOW_FULL, True),
         ("tsfa", {}, FAST_FULL, True),
     ],
@@ -190,6 +203,84 @@ def test_context_reaches_the_actor(name: str, options: dict[str, Any], view: str
     row = 1  # box 1's clip (clip-row views) or box 1 itself (box-row views)
     changed = (run(head, perturbed(views, view, row))[1] - run(head, views)[1]).abs().max()
     assert (changed > 1e-4) == responds
+
+
+# Clip-row views laid out on the padded map: cells beyond a clip's extent hold padding
+MAP_VIEWS = {v for v, spec in VIEWS.items() if spec.rows == "clips" and spec.dims[-2:] == ("H", "W")}
+MAP_HEADS = [v for v in VARIANTS if v[0] in {"acrn", "acar", "stca", "ssfa", "tsfa"}]
+
+
+def with_extent(views: dict[str, torch.Tensor], extent: list[list[int]]) -> dict[str, torch.Tensor]:
+    return {**views, CLIP_EXTENT: torch.tensor(extent, dtype=torch.float32)}
+
+
+def scramble_padding(views: dict[str, torch.Tensor], extent: list[list[int]]) -> dict[str, torch.Tensor]:
+    """The map views with every cell beyond each clip's extent replaced by large noise."""
+    gen = torch.Generator().manual_seed(5)
+    out = dict(views)
+    for view in MAP_VIEWS & set(views):
+        x = views[view].clone()
+        for clip, (rows, cols) in enumerate(extent):
+            for region in ((clip, ..., slice(rows, None), slice(None)), (clip, ..., slice(None), slice(cols, None))):
+                x[region] = (5.0 * torch.rand(x[region].shape, generator=gen)).half()
+        out[view] = x
+    return out
+
+
+@pytest.mark.parametrize(("name", "options"), MAP_HEADS, ids=[str(v) for v in MAP_HEADS])
+def test_padding_beyond_the_extent_reaches_no_box(name: str, options: dict[str, Any]) -> None:
+    """Whatever the canvas padding holds changes no output once ``clip_extent`` marks it (and would without)."""
+    head = make_head(name, **options)
+    views = make_views(head, BOX_CLIP)
+    extent = [[4, 5], [3, 4]]
+    scrambled = scramble_padding(views, extent)
+    base = run(head, with_extent(views, extent))
+    torch.testing.assert_close(run(head, with_extent(scrambled, extent)), base)
+    if name == "stca":  # the padded slow-map tokens get no attention at all
+        weights = head.last_attention["spatial"][1].unflatten(-1, (DIMS["H"], DIMS["W"]))
+        assert (weights[..., 3:, :] == 0).all() and (weights[..., :, 4:] == 0).all()
+    assert (run(head, scrambled) - run(head, views)).abs().max() > 1e-4  # unmarked, the padding is seen
+
+
+BIG = {**DIMS, "H": 9, "W": 11}
+CROPPABLE = [v for v in VARIANTS if v[0] in {"acrn", "acar", "ssfa", "tsfa"}]  # no per-position parameters
+
+
+@pytest.mark.parametrize(("name", "options"), CROPPABLE, ids=[str(v) for v in CROPPABLE])
+def test_a_padded_clip_gives_what_its_cropped_map_gives(name: str, options: dict[str, Any]) -> None:
+    """ACAR-Net's reference crops each clip's map to its extent; the padded clip must give the same outputs."""
+    head = make_head(name, dims=BIG, **options)
+    box_clip = torch.zeros(3, dtype=torch.long)
+    rows, cols = 7, 8
+    views = with_extent(make_views(head, box_clip, dims=BIG), [[rows, cols]])
+    if BOX_ON_MAP in views:  # inside the extent; the last one reaches its bottom-right border
+        views[BOX_ON_MAP] = torch.tensor([[0.5, 0.5, 4.0, 6.0], [2.0, 1.0, 7.5, 6.2], [3.0, 2.0, 8.0, 7.0]])
+    cropped = {v: x[..., :rows, :cols] if v in MAP_VIEWS else x for v, x in views.items()}
+    torch.testing.assert_close(run(head, views, box_clip), run(head, cropped, box_clip))
+
+
+@pytest.mark.parametrize("name", ["ssfa", "tsfa"])
+def test_ssfa_reads_each_box_from_the_attended_map(name: str) -> None:
+    head = make_head(name)
+    views = make_views(head, BOX_CLIP)
+    base = run(head, views)
+    full = head.full_view
+    x1, y1, x2, y2 = views[BOX_ON_MAP][1].tolist()
+    inside = views[full].clone()
+    inside[1, :, :, int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] += 3.0  # clip 1's cells under box 1
+    assert (run(head, {**views, full: inside})[1] - base[1]).abs().max() > 1e-4
+    moved = views[BOX_ON_MAP].clone()
+    moved[1] = torch.tensor([3.0, 2.0, 6.0, 5.0])
+    out = run(head, {**views, BOX_ON_MAP: moved})
+    assert (out[1] - base[1]).abs().max() > 1e-4
+    others = [0, 2, 3, 4]
+    torch.testing.assert_close(out[others], base[others])
+
+
+def test_stca_spatial_context_reads_both_pathways_pooled_over_time() -> None:
+    assert HEADS["stca"].views == (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL, CLIP_EXTENT)  # what extraction stores
+    assert make_head("stca").views == HEADS["stca"].views
+    assert make_head("stca", context="spatial").views == (ROI_SPATIAL, CONTEXT_MAP, CLIP_EXTENT)
 
 
 @pytest.mark.parametrize(("actor", "responds"), [("spatial", True), ("pooled", False)])
