@@ -85,7 +85,10 @@ def digest(clips: pd.DataFrame, boxes: pd.DataFrame) -> str:
     """A content hash of the manifest, part of the store fingerprint (another box set is another store)."""
     h = hashlib.sha256()
     for frame, schema in ((clips, CLIP_SCHEMA), (boxes, BOX_SCHEMA)):
-        table = to_table(frame, schema)
-        for column in table.columns:
-            h.update(str(column.to_pylist()).encode())
+        # Arrow IPC bytes of the table without pandas metadata: the data, not the pandas version that made it
+        table = to_table(frame, schema).replace_schema_metadata(None).combine_chunks()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        h.update(sink.getvalue().to_pybytes())
     return h.hexdigest()[:16]

@@ -123,21 +123,24 @@ def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd
     """Give each detection the labels of its best-overlapping GT box in the same keyframe (IoU >= min_iou)."""
     gt_boxes = _gt_boxes(gt)
     out = det[["video_id", "timestamp", "x1", "y1", "x2", "y2", "score"]].copy().reset_index(drop=True)
-    out["source"], out["person_id"] = "det", -1
+    out["source"] = "det"
+    person = np.full(len(out), -1, np.int64)
     labels: list[list[int]] = [[] for _ in range(len(out))]
-    gt_groups = {k: g for k, g in gt_boxes.groupby(["video_id", "timestamp"])}
+    gt_rows = gt_boxes.groupby(["video_id", "timestamp"]).indices
     coords = ["x1", "y1", "x2", "y2"]
-    for key, group in out.groupby(["video_id", "timestamp"]):
-        match = gt_groups.get(key)
-        if match is None:
+    det_xy, gt_xy = torch.tensor(out[coords].to_numpy()), torch.tensor(gt_boxes[coords].to_numpy())
+    gt_labels, gt_person = gt_boxes["labels"].to_numpy(), gt_boxes["person_id"].to_numpy()
+    for key, rows in out.groupby(["video_id", "timestamp"]).indices.items():
+        candidates = gt_rows.get(key)
+        if candidates is None:
             continue
-        iou = box_iou(torch.tensor(group[coords].to_numpy()), torch.tensor(match[coords].to_numpy()))
-        best_iou, best = iou.max(dim=1)
-        for row, ok, j in zip(group.index, (best_iou >= min_iou).tolist(), best.tolist(), strict=True):
-            if ok:
-                labels[row] = list(match["labels"].iloc[j])
-                out.loc[row, "person_id"] = int(match["person_id"].iloc[j])
-    out["labels"] = labels
+        best_iou, best = box_iou(det_xy[rows], gt_xy[candidates]).max(dim=1)
+        for row, j in zip(
+            rows[(best_iou >= min_iou).numpy()], candidates[best[best_iou >= min_iou].numpy()], strict=True
+        ):
+            labels[row] = list(gt_labels[j])
+            person[row] = gt_person[j]
+    out["person_id"], out["labels"] = person, labels
     return out
 
 

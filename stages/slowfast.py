@@ -1,8 +1,9 @@
 """SlowFast backbone (Feichtenhofer et al., 2019) with PySlowFast's module names, plus the AVA head's RoI pooling.
 
 The modules are named exactly as in PySlowFast (``s1.pathway0_stem.conv``, ``s2.pathway0_res0.branch2.a_bn``,
-``s1_fuse.conv_f2s`` ...), so a PySlowFast ``.pyth`` ``model_state`` (minus ``head.*``) loads by identity. The
-classification/detection head is left out: stage one only needs the res5 maps, and stage two owns the heads.
+``s1_fuse.conv_f2s``, ``s4.pathway0_nonlocal6.conv_theta`` ...), so a PySlowFast ``.pyth`` ``model_state`` (minus
+``head.*``) loads by identity. The classification/detection head is left out: stage one only needs the res5 maps, and
+stage two owns the heads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import torch.nn as nn
 from torchvision.ops import roi_align
 
 SlowSampling = Literal["linspace", "stride"]
+NonlocalInstantiation = Literal["dot_product", "softmax"]
+# Block indices after which a non-local block runs: res2..res5, each (slow, fast).
+NonlocalLocation = tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
 
 # Temporal kernel of the first (Tx1x1) conv of the bottlenecks in res2..res5, per pathway (PySlowFast
 # _TEMPORAL_KERNEL_BASIS["slowfast"]): the slow pathway is temporally convolved only in res4/res5.
@@ -34,7 +38,18 @@ class SlowFastConfig:
     configs use 5), dilated res5 at stride 16, zero-initialised final BN of each bottleneck (``ZERO_INIT_FINAL_BN:
     True`` in every SlowFast config, although the defaults.py default is False). ``temporal_kernel_blocks`` is
     PySlowFast's NUM_BLOCK_TEMP_KERNEL: only the first k blocks of a stage get their temporal kernel, the rest 1
-    (None = all; the R101 "50_50" models use (3, 4, 6, 3)). Non-local blocks (R101 AVA models) are not built.
+    (None = all; the R101 "50_50" models use (3, 4, 6, 3)).
+
+    ``res5_stride`` None keeps PySlowFast's pairing (stride 2 when ``res5_dilation`` is 1, else 1); mmaction2's AVA
+    configs need ``res5_stride=1, res5_dilation=1`` (stride 16, undilated). ``lateral_norm=False`` builds conv-only
+    fast->slow laterals (no BN, no ReLU), as mmaction2's default ``lateral_norm=False`` and ACAR's default
+    ``fuse_only_conv=True``.
+
+    Non-local blocks follow PySlowFast's NONLOCAL section: ``nonlocal_location`` (LOCATION) lists, for res2..res5 and
+    (slow, fast), the blocks after which one runs (the AVA R101 "50_50" models: ``((), ()), ((), ()), ((6, 13, 20),
+    ()), ((), ())``); ``nonlocal_group`` (GROUP, None = 1) splits time into that many independent chunks;
+    ``nonlocal_pool`` (POOL, one size for every block, as in all PySlowFast configs: (1, 2, 2) default, (2, 2, 2)
+    in the AVA R101 models) max-pools phi/g's input; ``nonlocal_instantiation`` is INSTANTIATION.
     """
 
     depth_layers: tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -47,14 +62,25 @@ class SlowFastConfig:
     zero_init_final_bn: bool = True
     slow_sampling: SlowSampling = "linspace"
     temporal_kernel_blocks: tuple[int, int, int, int] | None = None
+    res5_stride: int | None = None
+    lateral_norm: bool = True
+    nonlocal_location: NonlocalLocation | None = None
+    nonlocal_group: tuple[tuple[int, int], ...] | None = None
+    nonlocal_pool: tuple[int, int, int] = (1, 2, 2)
+    nonlocal_instantiation: NonlocalInstantiation = "dot_product"
 
     def __post_init__(self) -> None:
+        # options may come from JSON/YAML as lists: store tuples so configs compare and hash alike
+        for name in ("depth_layers", "temporal_kernel_blocks", "nonlocal_location", "nonlocal_group", "nonlocal_pool"):
+            object.__setattr__(self, name, _tuples(getattr(self, name)))
         if len(self.depth_layers) != 4 or min(self.depth_layers) < 1:
             raise ValueError(f"depth_layers needs four stage depths >= 1, got {self.depth_layers}")
         if self.width % self.beta_inv:
             raise ValueError(f"width ({self.width}) must be divisible by beta_inv ({self.beta_inv})")
         if self.res5_dilation not in (1, 2):
             raise ValueError(f"res5_dilation must be 1 (stride 32) or 2 (stride 16), got {self.res5_dilation}")
+        if self.res5_stride not in (None, 1, 2):
+            raise ValueError(f"res5_stride must be None, 1 or 2, got {self.res5_stride}")
         if self.temporal_kernel_blocks is not None and (
             len(self.temporal_kernel_blocks) != 4
             or any(not 0 <= k <= d for k, d in zip(self.temporal_kernel_blocks, self.depth_layers, strict=True))
@@ -62,6 +88,33 @@ class SlowFastConfig:
             raise ValueError(f"temporal_kernel_blocks {self.temporal_kernel_blocks} must fit {self.depth_layers}")
         if self.slow_sampling not in ("linspace", "stride"):
             raise ValueError(f"slow_sampling must be 'linspace' or 'stride', got {self.slow_sampling!r}")
+        self._check_nonlocal()
+
+    def _check_nonlocal(self) -> None:
+        location, group = self.nonlocal_location, self.nonlocal_group
+        if location is not None and (
+            len(location) != 4
+            or any(len(stage) != 2 for stage in location)
+            or any(
+                len(set(blocks)) != len(blocks) or any(not 0 <= i < depth for i in blocks)
+                for stage, depth in zip(location, self.depth_layers, strict=True)
+                for blocks in stage
+            )
+        ):
+            raise ValueError(
+                f"nonlocal_location {location} must give, for each of the 4 stages, (slow, fast) block indices "
+                f"within {self.depth_layers}"
+            )
+        if group is not None and (
+            len(group) != 4 or any(len(stage) != 2 or min(stage) < 1 for stage in group)
+        ):
+            raise ValueError(f"nonlocal_group {group} must give 4 stages of (slow, fast) group counts >= 1")
+        if len(self.nonlocal_pool) != 3 or min(self.nonlocal_pool) < 1:
+            raise ValueError(f"nonlocal_pool must be a (T, H, W) kernel of sizes >= 1, got {self.nonlocal_pool}")
+        if self.nonlocal_instantiation not in ("dot_product", "softmax"):
+            raise ValueError(
+                f"nonlocal_instantiation must be 'dot_product' or 'softmax', got {self.nonlocal_instantiation!r}"
+            )
 
     @classmethod
     def small(cls) -> SlowFastConfig:
@@ -69,9 +122,27 @@ class SlowFastConfig:
         return cls(depth_layers=(1, 1, 1, 1), width=8)
 
     @property
+    def res5_spatial_stride(self) -> int:
+        """Spatial stride of res5's first block: ``res5_stride``, or PySlowFast's pairing with the dilation."""
+        if self.res5_stride is not None:
+            return self.res5_stride
+        return 2 if self.res5_dilation == 1 else 1
+
+    @property
     def stride(self) -> int:
         """Spatial stride of the res5 maps."""
-        return 16 if self.res5_dilation == 2 else 32
+        return 16 if self.res5_spatial_stride == 1 else 32
+
+    def nonlocal_blocks(self, stage: int, pathway: int) -> tuple[int, ...]:
+        """Blocks of res``stage`` (2..5) on ``pathway`` followed by a non-local block."""
+        return () if self.nonlocal_location is None else self.nonlocal_location[stage - 2][pathway]
+
+
+def _tuples(value: object) -> object:
+    """Lists (from JSON/YAML options) -> tuples, recursively; anything else unchanged."""
+    if isinstance(value, list | tuple):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def slow_indices(num_fast_frames: int, alpha: int, mode: SlowSampling = "linspace") -> torch.Tensor:

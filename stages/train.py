@@ -18,7 +18,7 @@ from tqdm import tqdm
 from cache_spec.reader import ClipBatch, ClipBatchLoader
 from cache_spec.store import Store, open_store
 from cache_spec.views import get_view
-from heads import HEADS, Head, build_head
+from heads import Head, build_head
 from stages.ava_io import POSE, LabelMap, read_label_map
 from stages.losses import ActionLoss
 
@@ -91,7 +91,6 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     store = open_store(config.store)
     label_map = read_label_map(config.label_map)
     class_ids = label_map.ids
-    _head_class(config.head)
     model = build_head(config.head, store.dims, len(class_ids), **dict(config.head_options)).to(device)
     missing = [v for v in model.views if v not in store.views and get_view(v).source == "store"]
     if missing:
@@ -162,12 +161,6 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
 def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
     """The loss for ``kind`` with pose columns taken from the label map's categories."""
     return ActionLoss(kind, [i for i, c in enumerate(label_map.ids) if label_map.categories[c] == POSE])
-
-
-def _head_class(name: str) -> type[Head]:
-    if name not in HEADS:
-        raise KeyError(f"unknown head {name!r}; available: {', '.join(sorted(HEADS))}")
-    return HEADS[name]
 
 
 def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, ActionLoss, list[int]]:
