@@ -20,6 +20,9 @@ app = typer.Typer(
 )
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file (as dvc.yaml uses it).")]
+DatasetOption = Annotated[
+    str, typer.Option(help="Data set layout: ava (keyframes, AVA CSVs) or dense (per-frame tubes, dense/gt.pkl).")
+]
 log = logging.getLogger("pipeline")
 
 
@@ -104,6 +107,7 @@ def extract(
     flip: Annotated[
         bool | None, typer.Option("--flip/--no-flip", help="Test-time variant: mirrored frames and boxes.")
     ] = None,
+    dataset: DatasetOption = "ava",
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stage one: run the backbone over every keyframe clip and write the feature store of one split.
@@ -114,7 +118,7 @@ def extract(
     """
     from stages.extract import extract as run
 
-    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip))
+    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip, dataset))
     log.info(
         "%s: %d clips, %d boxes; %d shards written, %d already done; %d failed videos",
         summary.store,
@@ -127,22 +131,26 @@ def extract(
 
 
 @app.command("train-head")
-def train_head(params: ParamsOption = Path("params.yaml")) -> None:
+def train_head(dataset: DatasetOption = "ava", params: ParamsOption = Path("params.yaml")) -> None:
     """Stage two: train the head named in params.yaml from the train store (the backbone is never loaded)."""
     from stages.train import train
 
-    result = train(cfg.train_config(cfg.load_params(params)))
+    result = train(cfg.train_config(cfg.load_params(params), dataset))
     log.info(
         "checkpoint %s: final loss %.4f, %.0f boxes/s", result.checkpoint, result.final_loss, result.boxes_per_second
     )
 
 
 @app.command()
-def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
-    """Score the trained head on the evaluation split: AVA frame-mAP@0.5, per class and per category."""
+def evaluate(dataset: DatasetOption = "ava", params: ParamsOption = Path("params.yaml")) -> None:
+    """Score the trained head on the evaluation split.
+
+    AVA: frame-mAP@0.5 overall, per category and per class. Dense: frame-mAP and video-mAP over MOC-linked tubes
+    with the data set's protocol (params dense.protocol).
+    """
     from stages.evaluate import evaluate as run
 
-    metrics = run(cfg.evaluate_config(cfg.load_params(params)))
+    metrics = run(cfg.evaluate_config(cfg.load_params(params), dataset))
     typer.echo(json.dumps(metrics, indent=2))
 
 

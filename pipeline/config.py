@@ -20,6 +20,7 @@ from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
 from stages.synth import SynthConfig
 from stages.train import TrainConfig
+from stages.tubes import LinkParams
 from stages.video import ClipSampling
 
 C = TypeVar("C")
@@ -67,10 +68,24 @@ def _coerce(hint: Any, value: Any) -> Any:
     return value
 
 
-def store_path(params: Mapping[str, Any], split: str, scale: float = 1.0, flip: bool = False) -> Path:
-    """``<cache>/<split>.zarr`` for the plain extraction; test-time variants get their own store beside it."""
+DATASETS = ("ava", "dense")
+
+
+def store_path(
+    params: Mapping[str, Any], split: str, scale: float = 1.0, flip: bool = False, dataset: str = "ava"
+) -> Path:
+    """``<cache>/<split>.zarr`` (``dense_<split>.zarr`` for the dense layout); variants get their own store."""
     variant = ("" if scale == 1.0 else f"@x{scale:g}") + ("@flip" if flip else "")
-    return Path(params["paths"]["cache"]) / f"{split}{variant}.zarr"
+    prefix = "dense_" if dataset == "dense" else ""
+    return Path(params["paths"]["cache"]) / f"{prefix}{split}{variant}.zarr"
+
+
+def runs_dir(params: Mapping[str, Any], dataset: str = "ava") -> Path:
+    """Where training and evaluation write: ``<runs>`` for AVA, ``<runs>/dense`` for the dense layout."""
+    if dataset not in DATASETS:
+        raise ParamsError(f"unknown dataset layout {dataset!r}; choose one of {DATASETS}")
+    runs = Path(params["paths"]["runs"])
+    return runs / "dense" if dataset == "dense" else runs
 
 
 def synth_config(params: Mapping[str, Any]) -> SynthConfig:
@@ -96,9 +111,15 @@ def extract_config(
     heads: Sequence[str] | None = None,
     scale: float | None = None,
     flip: bool | None = None,
+    dataset: str = "ava",
 ) -> ExtractConfig:
     """``heads``, ``scale`` and ``flip`` (from the command line) replace the params' values when given."""
     section = dict(params.get("extract", {}))
+    runs_dir(params, dataset)  # validates the layout name
+    if dataset == "dense":
+        dense = params.get("dense", {})
+        section.update(dataset="dense", keyframe_stride=dense.get("keyframe_stride", 1))
+        section["heads"] = dense.get("heads", section.get("heads", ["linear"]))
     if scale is not None:
         section["scale"] = scale
     if flip is not None:
@@ -114,7 +135,7 @@ def extract_config(
         "extract",
         data_dir=Path(params["paths"]["data"]),
         split=split,
-        out=store_path(params, split, section.get("scale", 1.0), section.get("flip", False)),
+        out=store_path(params, split, section.get("scale", 1.0), section.get("flip", False), dataset),
         backbone=build(BackboneConfig, params.get("backbone", {}), "backbone"),
         sampling=sampling(params),
     )
@@ -154,15 +175,15 @@ def detect_config(params: Mapping[str, Any], split: str) -> DetectConfig:
     return build(DetectConfig, section, "detect", data_dir=Path(params["paths"]["data"]), split=split, out=Path(out))
 
 
-def train_config(params: Mapping[str, Any]) -> TrainConfig:
+def train_config(params: Mapping[str, Any], dataset: str = "ava") -> TrainConfig:
     name = params.get("head", {}).get("name", "linear")
     return build(
         TrainConfig,
         params.get("train", {}),
         "train",
-        store=store_path(params, "train"),
+        store=store_path(params, "train", dataset=dataset),
         label_map=Path(params["paths"]["data"]) / "label_map.pbtxt",
-        out_dir=Path(params["paths"]["runs"]) / "train",
+        out_dir=runs_dir(params, dataset) / "train",
         head=name,
         head_options=dict(head_options(params).get(name, {})),
     )
@@ -185,16 +206,25 @@ def ablate_config(
     )
 
 
-def evaluate_config(params: Mapping[str, Any]) -> EvaluateConfig:
+def evaluate_config(params: Mapping[str, Any], dataset: str = "ava") -> EvaluateConfig:
     section = dict(params.get("evaluate", {}))
     split = section.get("split", "val")
-    runs = Path(params["paths"]["runs"])
+    runs = runs_dir(params, dataset)
+    fixed: dict[str, Any] = {}
+    if dataset == "dense":
+        dense = dict(params.get("dense", {}))
+        fixed = {
+            "dataset": "dense",
+            "protocol": dense.get("protocol", "multisports"),
+            "link": build(LinkParams, dense.get("link", {}), "dense.link"),
+        }
     return build(
         EvaluateConfig,
         section,
         "evaluate",
         data_dir=Path(params["paths"]["data"]),
-        store=store_path(params, split),
+        store=store_path(params, split, dataset=dataset),
         checkpoint=runs / "train" / "head.pt",
         out_dir=runs / "evaluate",
+        **fixed,
     )

@@ -29,8 +29,10 @@ from tqdm import tqdm
 
 from cache_spec import views as V
 from cache_spec.store import Store, create_store
+from stages.act_io import read_dense_dataset
 from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
 from stages.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
+from stages.dense import dense_annotations, dense_paths, label_ids, split_videos
 from stages.video import ClipSampling, VideoDecodeError, iter_keyframe_clips, preprocess_clip, video_info
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class ExtractConfig:
     data_dir: Path
     split: str
     out: Path
+    dataset: str = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle (stages/dense.py)
+    keyframe_stride: int = 1  # dense only: every k-th frame is a keyframe
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampling: ClipSampling = field(default_factory=ClipSampling)
     scale: float = 1.0  # test-time variant: input resolution x scale (short side and canvas)
@@ -59,6 +63,11 @@ class ExtractConfig:
     clips_per_shard: int = 128
     batch_clips: int = 8
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    @property
+    def timestamp_unit(self) -> str:
+        """What the manifest's ``timestamp`` counts: AVA seconds, or 1-based frames for dense data sets."""
+        return "frames" if self.dataset == "dense" else "seconds"
 
     @property
     def input_sampling(self) -> ClipSampling:
@@ -75,16 +84,15 @@ class ExtractConfig:
 def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Clips (keyframes with at least one box) and their boxes, from the AVA files of one split."""
     data = Path(config.data_dir)
-    label_map = read_label_map(data / "label_map.pbtxt")
-    gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
-    gt = gt[gt["action_id"].isin(label_map.ids)]
+    gt, det_path, excluded = _source_tables(config)
     parts = []
     if "gt" in config.box_sources:
         parts.append(_gt_boxes(gt))
     if "det" in config.box_sources:
-        det = read_predicted_boxes(config.predicted_boxes or data / f"predicted_boxes_{config.split}.csv")
+        det = read_predicted_boxes(config.predicted_boxes or det_path)
         det = det[det["score"] >= config.det_threshold]
-        excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
+        if config.dataset == "dense":
+            det = det[(det["timestamp"] - 1) % config.keyframe_stride == 0]
         det = det[~_keys(det).isin(_keys(excluded))]
         parts.append(_label_detections(det, gt, config.label_iou))
     boxes = pd.concat(parts, ignore_index=True)
@@ -101,8 +109,29 @@ def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return clips, boxes.drop(columns=["video_id", "timestamp"])
 
 
+def _source_tables(config: ExtractConfig) -> tuple[pd.DataFrame, Path, pd.DataFrame]:
+    """Ground truth in AVA annotation form, the default predicted-box CSV, and the excluded keyframes."""
+    data = Path(config.data_dir)
+    label_map = read_label_map(data / "label_map.pbtxt")
+    if config.dataset == "ava":
+        gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
+        excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
+        return gt[gt["action_id"].isin(label_map.ids)], data / f"predicted_boxes_{config.split}.csv", excluded
+    if config.dataset == "dense":
+        gt_path, det_path = dense_paths(data, config.split)
+        ds = read_dense_dataset(gt_path)
+        videos = split_videos(ds, config.split)
+        gt = dense_annotations(ds, videos, label_ids(ds, label_map), config.keyframe_stride)
+        return gt, det_path, _no_keyframes()  # dense data sets exclude no frames
+    raise ValueError(f"unknown dataset layout {config.dataset!r}; expected 'ava' or 'dense'")
+
+
 def _read_excluded(path: Path) -> pd.DataFrame:
-    return read_excluded_timestamps(path) if path.exists() else pd.DataFrame({"video_id": [], "timestamp": []})
+    return read_excluded_timestamps(path) if path.exists() else _no_keyframes()
+
+
+def _no_keyframes() -> pd.DataFrame:
+    return pd.DataFrame({"video_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype=np.int64)})
 
 
 def _keys(frame: pd.DataFrame) -> pd.Series:
@@ -201,6 +230,8 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
     """The fields that change a store's numbers; a reader asking for another value is refused."""
     return {
         "split": config.split,
+        "dataset": config.dataset,
+        "keyframe_stride": config.keyframe_stride,
         "backbone": config.backbone.name,
         "backbone_config": config.backbone.architecture(),
         "weights": weights,
@@ -278,7 +309,7 @@ class _Clip:
 
 
 def decode_clips(
-    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False
+    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False, unit: str = "seconds"
 ) -> Iterator[tuple[int, torch.Tensor | None, str]]:
     """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
 
@@ -287,10 +318,14 @@ def decode_clips(
     """
     for video, group in clips.groupby("video_id", sort=False):
         indices = group["clip_index"].to_numpy()
-        ts_to_index = dict(zip(group["timestamp"].astype(float), indices.tolist(), strict=True))
+        path = video_dir / f"{video}.mp4"
         done: set[int] = set()
         try:
-            for ts, frames in iter_keyframe_clips(video_dir / f"{video}.mp4", list(ts_to_index), sampling):
+            seconds = group["timestamp"].to_numpy(np.float64)
+            if unit == "frames":  # 1-based frame numbers of the dense data sets
+                seconds = (seconds - 1) / video_info(path)[1]
+            ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
+            for ts, frames in iter_keyframe_clips(path, list(ts_to_index), sampling):
                 done.add(ts_to_index[ts])
                 if flip:
                     frames = frames[:, :, ::-1]
@@ -303,12 +338,12 @@ def decode_clips(
 
 
 def _decode_shards(
-    store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling, flip: bool
+    store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling, flip: bool, unit: str
 ) -> Iterator[_Clip]:
     for shard in shards:
         rng = store.shards[shard]
         part = store.clips.iloc[rng.clip_start : rng.clip_stop]
-        for index, tensor, error in decode_clips(part, video_dir, sampling, flip):
+        for index, tensor, error in decode_clips(part, video_dir, sampling, flip, unit):
             yield _Clip(shard, index, tensor, error)
 
 
@@ -373,7 +408,9 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
     clip_video = store.clips["video_id"].to_numpy()
     n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in todo)
     clip_stream = in_background(
-        _decode_shards(store, todo, Path(config.data_dir) / "videos", config.input_sampling, config.flip),
+        _decode_shards(
+            store, todo, Path(config.data_dir) / "videos", config.input_sampling, config.flip, config.timestamp_unit
+        ),
         maxsize=2 * config.batch_clips,
     )
     pending: list[Future] = []
