@@ -8,6 +8,11 @@ window [t-1 s, t+1 s] around a keyframe, so they are exactly as learnable as the
 
 Scripts (``make_scenes``) are separate from pixels (``render``), so labels and counts can be computed and
 tested without encoding any video.
+
+The same videos are also labelled densely (every frame, ACT/MOC ``gt.pkl`` as MultiSports and UCF101-24 ship
+it, under ``dense/``): one function (``_VideoScript.labels_at``) decides an actor's labels for the window around
+any frame, so keyframe and per-frame labels cannot drift apart, and the per-frame detector draws from its own
+random stream, so adding the dense files leaves the AVA files byte-identical.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from stages.act_io import DenseDataset, dense_dataset_from_dict, write_dense_dataset
 from stages.ava_io import (
     OBJECT,
     PERSON,
@@ -273,7 +279,11 @@ class Event:
 
 @dataclass(frozen=True, eq=False)
 class Scene:
-    """One video's script: background, tracks, events and the resulting AVA tables (all keyframes)."""
+    """One video's script: background, tracks, events, the AVA tables (all keyframes) and the dense tables.
+
+    ``dense_annotations`` has one row per (labelled frame, actor, action) with a 0-based ``frame`` and pixel
+    boxes; ``dense_predicted_boxes`` is in the AVA predicted-box layout with the 1-based frame as timestamp.
+    """
 
     video_id: str
     split: str
@@ -288,11 +298,27 @@ class Scene:
     events: list[Event]
     annotations: pd.DataFrame = field(repr=False)
     predicted_boxes: pd.DataFrame = field(repr=False)
+    dense_annotations: pd.DataFrame = field(repr=False)
+    dense_predicted_boxes: pd.DataFrame = field(repr=False)
 
     @property
     def keyframes(self) -> list[int]:
         """AVA timestamps (seconds); the keyframe of second t is frame t * fps."""
         return list(range(1, self.num_frames // self.fps))
+
+    @property
+    def labelled_frames(self) -> range:
+        """0-based frames with dense labels; see :func:`_labelled_frames`."""
+        return _labelled_frames(self.num_frames, self.fps)
+
+
+def _labelled_frames(num_frames: int, fps: int) -> range:
+    """Frames whose +-1 s window lies in the video: from the first to the last keyframe (seconds 1..T-1).
+
+    The last keyframe's window ends on frame ``num_frames``, one past the video, which the keyframe rules have
+    always clipped away; it is kept so that every keyframe has a dense counterpart.
+    """
+    return range(fps, num_frames - fps + 1)
 
 
 def _actor_shapes(actor: ActorTrack, f: int) -> tuple[list[Shape], tuple[float, float]]:
@@ -380,10 +406,12 @@ class _VideoScript:
 
     def __init__(self, config: SynthConfig, split: str, index: int) -> None:
         self.config, self.split, self.index = config, split, index
-        seeds = np.random.SeedSequence([config.seed, SPLITS.index(split), index]).spawn(3)
+        # Spawned children depend only on their index, so the fourth (dense detector) leaves the others as they were.
+        seeds = np.random.SeedSequence([config.seed, SPLITS.index(split), index]).spawn(4)
         self.rng = np.random.default_rng(seeds[0])
         self.detector_rng = np.random.default_rng(seeds[1])
         self.background_rng = np.random.default_rng(seeds[2])
+        self.dense_detector_rng = np.random.default_rng(seeds[3])
         self.video_id = f"synth_{split}_{index:03d}"
         self.num_frames = config.duration_s * config.fps
         self.num_slots = config.duration_s + 1
@@ -425,7 +453,9 @@ class _VideoScript:
         self.place_props(actors)
         self.place_clutter(actors)
         background = self.background()
-        annotations = self.annotations(actors)
+        holding = self.holding(actors)
+        annotations = self.annotations(actors, holding)
+        dense = self.dense_annotations(actors, holding)
         return Scene(
             video_id=self.video_id,
             split=self.split,
@@ -440,6 +470,8 @@ class _VideoScript:
             events=sorted(self.events, key=lambda e: (e.start, e.actor)),
             annotations=annotations,
             predicted_boxes=self.detections(annotations),
+            dense_annotations=dense,
+            dense_predicted_boxes=self.dense_detections(dense),
         )
 
     def plan_motion(self) -> None:
@@ -769,36 +801,63 @@ class _VideoScript:
         return out
 
     # -- tables
-    def annotations(self, actors: list[ActorTrack]) -> pd.DataFrame:
-        """One row per (keyframe, actor, action), boxes normalised; the labelling rules live here."""
-        cfg, fps, rows = self.config, self.config.fps, []
+    def holding(self, actors: list[ActorTrack]) -> np.ndarray:
+        """[A, F] bool: actor ``a`` has an object in its hand at frame ``f`` (what carry is decided from)."""
         holding = np.zeros((len(actors), self.num_frames), dtype=bool)
         for prop in self.props:
             for a in range(len(actors)):
                 holding[a] |= prop.holder == a
+        return holding
+
+    def labels_at(self, actors: list[ActorTrack], holding: np.ndarray, a: int, c: int) -> list[int]:
+        """Sorted action ids of actor ``a`` for the +-1 s window centred on frame ``c`` (clipped to the video).
+
+        The labelling rules live here and only here: keyframe and dense labels both come from this function, so a
+        keyframe's labels are exactly the dense labels of its frame. Every rule but the pose must hold over the
+        whole window; a short event counts where the window contains all of it.
+        """
+        fps, actor = self.config.fps, actors[a]
+        lo, hi = max(0, c - fps), min(self.num_frames - 1, c + fps)
+        window = slice(lo, hi + 1)
+        labels = [int(actor.pose[c])]
+        labels += [CARRY] if holding[a, window].all() else []
+        labels += [TOUCH] if (actor.arm[window] == ARM_TOUCH).all() else []
+        labels += [e.action_id for e in self.events if e.actor == a and lo <= e.start and e.end <= hi]
+        labels += [TALK] if actor.talking[window].all() else []
+        labels += [LISTEN] if actor.listening[window].all() else []
+        labels += [WATCH] if self.watching(actors, a, window) else []
+        return sorted(labels)
+
+    def pixel_box(self, actor: ActorTrack, f: int) -> tuple[float, float, float, float]:
+        """The actor's box at frame ``f`` clipped to the frame, in pixels (actors may reach past an edge)."""
+        x1, y1, x2, y2 = actor.box(f)
+        cfg = self.config
+        return max(0.0, x1), max(0.0, y1), min(float(cfg.width), x2), min(float(cfg.height), y2)
+
+    def annotations(self, actors: list[ActorTrack], holding: np.ndarray) -> pd.DataFrame:
+        """One row per (keyframe, actor, action), boxes normalised."""
+        cfg, rows = self.config, []
         for t in range(1, cfg.duration_s):
-            c = t * fps
-            lo, hi = max(0, c - fps), min(self.num_frames - 1, c + fps)
-            window = slice(lo, hi + 1)
+            c = t * cfg.fps
             for a, actor in enumerate(actors):
-                labels = [int(actor.pose[c])]
-                labels += [CARRY] if holding[a, window].all() else []
-                labels += [TOUCH] if (actor.arm[window] == ARM_TOUCH).all() else []
-                labels += [e.action_id for e in self.events if e.actor == a and lo <= e.start and e.end <= hi]
-                labels += [TALK] if actor.talking[window].all() else []
-                labels += [LISTEN] if actor.listening[window].all() else []
-                labels += [WATCH] if self.watching(actors, a, window) else []
-                x1, y1, x2, y2 = actor.box(c)
-                box = (
-                    max(0.0, x1 / cfg.width),
-                    max(0.0, y1 / cfg.height),
-                    min(1.0, x2 / cfg.width),
-                    min(1.0, y2 / cfg.height),
-                )
-                rows += [(self.video_id, t, *box, label, a) for label in sorted(labels)]
+                x1, y1, x2, y2 = self.pixel_box(actor, c)
+                box = (x1 / cfg.width, y1 / cfg.height, x2 / cfg.width, y2 / cfg.height)
+                rows += [(self.video_id, t, *box, label, a) for label in self.labels_at(actors, holding, a, c)]
         columns = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "person_id"]
         return pd.DataFrame(rows, columns=columns).astype(
             {"timestamp": np.int64, "action_id": np.int64, "person_id": np.int64}
+        )
+
+    def dense_annotations(self, actors: list[ActorTrack], holding: np.ndarray) -> pd.DataFrame:
+        """One row per (labelled frame, actor, action): 0-based ``frame``, ``person_id``, ``action_id``, pixel box."""
+        rows = []
+        for c in _labelled_frames(self.num_frames, self.config.fps):
+            for a, actor in enumerate(actors):
+                box = self.pixel_box(actor, c)
+                rows += [(c, a, label, *box) for label in self.labels_at(actors, holding, a, c)]
+        columns = ["frame", "person_id", "action_id", "x1", "y1", "x2", "y2"]
+        return pd.DataFrame(rows, columns=columns).astype(
+            {"frame": np.int64, "person_id": np.int64, "action_id": np.int64}
         )
 
     @staticmethod
@@ -812,12 +871,32 @@ class _VideoScript:
         return any((side * (other.x[window] - me.x[window]) > margin).all() for other in actors if other.person_id != a)
 
     def detections(self, annotations: pd.DataFrame) -> pd.DataFrame:
-        """A simulated person detector: jittered GT boxes (some missed) plus false positives on clutter."""
-        cfg, rng = self.config, self.detector_rng
+        """The simulated detector on every keyframe (AVA timestamps in seconds)."""
         boxes = annotations.drop_duplicates(["timestamp", "person_id"])
+        return self.detector(boxes, self.detector_rng)
+
+    def dense_detections(self, dense: pd.DataFrame) -> pd.DataFrame:
+        """The simulated detector on every labelled frame; ``timestamp`` is the 1-based frame number."""
+        cfg = self.config
+        boxes = dense.drop_duplicates(["frame", "person_id"])
+        scale = np.array([cfg.width, cfg.height, cfg.width, cfg.height], dtype=np.float64)
+        normalised = pd.DataFrame(boxes[["x1", "y1", "x2", "y2"]].to_numpy() / scale, columns=["x1", "y1", "x2", "y2"])
+        normalised.insert(0, "timestamp", boxes["frame"].to_numpy() + 1)
+        return self.detector(normalised, self.dense_detector_rng)
+
+    def detector(self, boxes: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+        """A simulated person detector: jittered GT boxes (some missed) plus false positives on clutter.
+
+        ``boxes`` holds one normalised actor box per (timestamp, actor), actors in order within a timestamp; the
+        draws follow that order, so a given ``rng`` state always gives the same detections.
+        """
+        cfg = self.config
         rows = []
-        for t, group in boxes.groupby("timestamp", sort=True):
-            for box in group[["x1", "y1", "x2", "y2"]].to_numpy():
+        order = np.argsort(boxes["timestamp"].to_numpy(), kind="stable")  # pandas groupby per frame is too slow
+        stamps, coords = boxes["timestamp"].to_numpy()[order], boxes[["x1", "y1", "x2", "y2"]].to_numpy()[order]
+        starts = np.flatnonzero(np.diff(stamps, prepend=stamps[:1] - 1) != 0) if len(stamps) else np.array([], int)
+        for t, group in zip(stamps[starts], np.split(coords, starts[1:]), strict=True):
+            for box in group:
                 if rng.random() < cfg.detector_miss_rate:
                     continue
                 rows.append((t, *_jitter(rng, box, cfg.detector_jitter), float(rng.uniform(0.7, 1.0))))
@@ -955,13 +1034,72 @@ def split_tables(scenes: list[Scene], config: SynthConfig, split: str) -> dict[s
     return {"annotations": annotations, "excluded": excluded, "predicted_boxes": predicted}
 
 
+class DenseTube(NamedTuple):
+    """A dense ground-truth tube: a maximal run of consecutive frames in which one actor carries one label."""
+
+    person_id: int
+    action_id: int
+    rows: np.ndarray  # [n, 5] float64: 1-based frame, x1, y1, x2, y2 in pixels
+
+
+# ACT/MOC label index = position in this list (0-based), action ids ascending.
+DENSE_LABELS = tuple(SYNTH_CLASSES.names[i] for i in SYNTH_CLASSES.ids)
+
+
+def dense_tubes(scene: Scene) -> dict[int, list[DenseTube]]:
+    """The tubes of one video by ACT label index (ascending), each label's tubes ordered by actor then start."""
+    ids = SYNTH_CLASSES.ids
+    tubes: dict[int, list[DenseTube]] = {}
+    dense = scene.dense_annotations.sort_values(["action_id", "person_id", "frame"], kind="stable")
+    for (action, person), group in dense.groupby(["action_id", "person_id"], sort=True):
+        frames = group["frame"].to_numpy()
+        rows = np.column_stack([frames + 1, group[["x1", "y1", "x2", "y2"]].to_numpy()]).astype(np.float64)
+        for run in np.split(rows, np.flatnonzero(np.diff(frames) != 1) + 1):
+            tubes.setdefault(ids.index(int(action)), []).append(DenseTube(int(person), int(action), run))
+    return tubes
+
+
+def dense_dataset(scenes: list[Scene]) -> DenseDataset:
+    """The ACT/MOC ground truth of ``scenes`` (validated): one split, train videos to train, val videos to test."""
+    data = {
+        "labels": list(DENSE_LABELS),
+        "train_videos": [[s.video_id for s in scenes if s.split == "train"]],
+        "test_videos": [[s.video_id for s in scenes if s.split == "val"]],
+        "nframes": {s.video_id: s.num_frames for s in scenes},
+        "resolution": {s.video_id: (s.height, s.width) for s in scenes},
+        "gttubes": {
+            s.video_id: {label: [t.rows for t in tubes] for label, tubes in dense_tubes(s).items()} for s in scenes
+        },
+    }
+    return dense_dataset_from_dict(data)
+
+
+def _write_dense(scenes: list[Scene], out_dir: Path) -> dict[str, int]:
+    """``gt.pkl`` and per-split frame-level detector boxes under ``out_dir``; returns the dense counts."""
+    ds = dense_dataset(scenes)
+    write_dense_dataset(ds, out_dir / "gt.pkl")
+    counts: dict[str, int] = {}
+    for split in SPLITS:
+        chosen = [s for s in scenes if s.split == split]
+        path = out_dir / f"predicted_boxes_{split}.csv"
+        if chosen:
+            predicted = pd.concat([s.dense_predicted_boxes for s in chosen], ignore_index=True)
+            write_predicted_boxes(predicted, path)
+        else:
+            path.write_text("")
+        counts[f"dense_{split}_tubes"] = sum(len(t) for s in chosen for t in ds.gttubes[s.video_id].values())
+        counts[f"dense_{split}_frames"] = sum(len(s.labelled_frames) for s in chosen)
+        counts[f"dense_{split}_predicted_boxes"] = sum(len(s.dense_predicted_boxes) for s in chosen)
+    return counts
+
+
 def _empty_like_annotations() -> pd.DataFrame:
     columns = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "person_id"]
     return pd.DataFrame({c: pd.Series([], dtype=str if c == "video_id" else np.float64) for c in columns})
 
 
 def generate(config: SynthConfig, out_dir: Path) -> dict[str, int]:
-    """Write the data set in AVA's layout under ``out_dir`` and return per-split counts."""
+    """Write the data set in AVA's layout under ``out_dir``, its dense form under ``dense/``; return counts."""
     out_dir = Path(out_dir)
     scenes = make_scenes(config)
     write_label_map(SYNTH_CLASSES, out_dir / "label_map.pbtxt")
@@ -982,6 +1120,7 @@ def generate(config: SynthConfig, out_dir: Path) -> dict[str, int]:
         counts[f"{split}_rows"] = len(ann)
         counts[f"{split}_excluded"] = len(tables["excluded"])
         counts[f"{split}_predicted_boxes"] = 0 if predicted is None else len(predicted)
+    counts |= _write_dense(scenes, out_dir / "dense")
     for scene in tqdm(scenes, desc="synth videos", unit="video"):
         write_video(render(scene), out_dir / "videos" / f"{scene.video_id}.mp4", scene.fps)
     logger.info("synthetic set written to %s: %s", out_dir, counts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stages.act_io import read_dense_dataset
 from stages.ava_io import (
     BOX_COLUMNS,
     read_annotations,
@@ -18,6 +20,7 @@ from stages.ava_io import (
     read_predicted_boxes,
 )
 from stages.synth import (
+    DENSE_LABELS,
     GIVE,
     LISTEN,
     POSES,
@@ -25,8 +28,10 @@ from stages.synth import (
     SYNTH_CLASSES,
     TAKE,
     TALK,
+    THROW,
     WATCH,
     SynthConfig,
+    dense_tubes,
     generate,
     make_scenes,
     split_tables,
@@ -47,7 +52,7 @@ def default_scenes() -> list:
 
 
 def _csvs(out: Path) -> list[Path]:
-    return sorted(p for p in out.rglob("*") if p.suffix in (".csv", ".pbtxt"))
+    return sorted(p for p in out.rglob("*") if p.suffix in (".csv", ".pbtxt", ".pkl"))
 
 
 def test_layout(tiny: tuple[Path, dict[str, int]]) -> None:
@@ -63,12 +68,16 @@ def test_layout(tiny: tuple[Path, dict[str, int]]) -> None:
         "videos/synth_train_000.mp4",
         "videos/synth_train_001.mp4",
         "videos/synth_val_000.mp4",
+        "dense/gt.pkl",
+        "dense/predicted_boxes_train.csv",
+        "dense/predicted_boxes_val.csv",
     ]
     for name in expected:
         assert (out / name).is_file(), name
     assert len(list((out / "videos").iterdir())) == 3
     assert counts["train_videos"] == 2 and counts["val_videos"] == 1
     assert counts["train_keyframes"] + counts["train_excluded"] == 2 * (TINY.duration_s - 1)
+    assert counts["dense_train_frames"] == 2 * _num_labelled(TINY) and counts["dense_val_frames"] == _num_labelled(TINY)
 
 
 def test_csvs_are_readable_ava(tiny: tuple[Path, dict[str, int]]) -> None:
@@ -212,3 +221,132 @@ def test_config_is_validated() -> None:
         SynthConfig(width=161)
     with pytest.raises(ValueError, match="min_actors"):
         SynthConfig(min_actors=3, max_actors=2)
+
+
+# ----------------------------------------------------------------------------------------------- dense form
+
+# SHA-256 of TINY's AVA files as generated before the dense output existed: adding it must not change them.
+_TINY_AVA_SHA256 = {
+    "label_map.pbtxt": "910c1fab1884a8af77d9996c6634cf20257223fd5774b13417a77e3e014cba4c",
+    "annotations/train.csv": "52f6148fd7e366f413dcb917de362ff3d687b02439bbde97c3ba449ac8fa922b",
+    "annotations/val.csv": "b51a7dcd9d6a785808663bdc98a8c73a194d3dbe35715ba2b35c16091fb82f00",
+    "excluded_timestamps_train.csv": "5eac4531cbd5c9181b79ceb316c5bb7f0ce742fce54dcdbf41d2981d34717296",
+    "excluded_timestamps_val.csv": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "predicted_boxes_train.csv": "5ce8fadcc3bf9b429d7f2741da10b00d2e22bf658ad830948d33cedde741f1c1",
+    "predicted_boxes_val.csv": "df794805bea9258053cebe820f997ac37f61cc01d024a01dfa7d375c81b69dda",
+}
+
+
+def _num_labelled(config: SynthConfig) -> int:
+    """Dense-labelled frames per video: 0-based fps .. num_frames - fps (first to last keyframe)."""
+    return config.duration_s * config.fps - 2 * config.fps + 1
+
+
+def test_ava_files_unchanged_by_dense_output(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, _ = tiny
+    for name, digest in _TINY_AVA_SHA256.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_dense_pickle_reads(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, counts = tiny
+    ds = read_dense_dataset(out / "dense" / "gt.pkl")
+    assert ds.labels == DENSE_LABELS == tuple(SYNTH_CLASSES.names[i] for i in sorted(SYNTH_CLASSES.names))
+    assert ds.train_videos == (("synth_train_000", "synth_train_001"),) and ds.test_videos == (("synth_val_000",),)
+    num_frames = TINY.duration_s * TINY.fps
+    assert set(ds.nframes.values()) == {num_frames}
+    assert set(ds.resolution.values()) == {(TINY.height, TINY.width)}
+    first, last = TINY.fps + 1, num_frames - TINY.fps + 1  # 1-based
+    for split, videos in (("train", ds.train_videos[0]), ("val", ds.test_videos[0])):
+        tubes = [t for v in videos for per_label in ds.gttubes[v].values() for t in per_label]
+        assert len(tubes) == counts[f"dense_{split}_tubes"]
+        for tube in tubes:
+            assert tube[0, 0] >= first and tube[-1, 0] <= last
+            assert (np.diff(tube[:, 0]) == 1).all()  # a tube is one run of consecutive frames
+            assert (tube[:, 1:3] >= 0).all() and (tube[:, 3] <= TINY.width).all() and (tube[:, 4] <= TINY.height).all()
+
+
+def test_keyframe_annotations_lie_on_dense_tubes(tiny: tuple[Path, dict[str, int]]) -> None:
+    """Each keyframe row is on a tube of its label at frame t * fps + 1 with its box; nothing else is there."""
+    out, _ = tiny
+    ds = read_dense_dataset(out / "dense" / "gt.pkl")
+    scale = np.array([TINY.width, TINY.height, TINY.width, TINY.height])
+    for split in ("train", "val"):
+        ann = read_annotations(out / "annotations" / f"{split}.csv")
+        for row in ann.itertuples():
+            frame = row.timestamp * TINY.fps + 1
+            label = SYNTH_CLASSES.ids.index(row.action_id)
+            boxes = [t[t[:, 0] == frame, 1:] / scale for t in ds.gttubes[row.video_id].get(label, [])]
+            boxes = [b[0] for b in boxes if len(b)]
+            box = np.array([row.x1, row.y1, row.x2, row.y2])
+            assert any(np.abs(b - box).max() <= 1e-3 + 1e-9 for b in boxes), row
+        # The converse: at annotated keyframes the tubes hold exactly as many rows as the annotations.
+        gt = ds.gt_boxes(sorted(set(ann["video_id"])))
+        keys = set(zip(ann["video_id"], ann["timestamp"] * TINY.fps + 1, strict=True))
+        at_keyframes = [key in keys for key in zip(gt["video"], gt["frame"], strict=True)]
+        assert sum(at_keyframes) == len(ann)
+
+
+def test_dense_labels_at_keyframes_are_the_keyframe_labels(default_scenes: list) -> None:
+    """Same rules, same numbers: the dense rows of a keyframe's frame equal its AVA rows (boxes in pixels)."""
+    for scene in default_scenes:
+        dense = scene.dense_annotations
+        at_keyframes = dense[dense["frame"] % scene.fps == 0].sort_values(["frame", "person_id", "action_id"])
+        ann = scene.annotations
+        assert (at_keyframes["frame"].to_numpy() == ann["timestamp"].to_numpy() * scene.fps).all()
+        assert (at_keyframes[["person_id", "action_id"]].to_numpy() == ann[["person_id", "action_id"]].to_numpy()).all()
+        scale = np.array([scene.width, scene.height, scene.width, scene.height])
+        assert np.array_equal(at_keyframes[BOX_COLUMNS].to_numpy() / scale, ann[BOX_COLUMNS].to_numpy())
+
+
+def test_pose_tubes_tile_each_actor(default_scenes: list) -> None:
+    """Every actor has exactly one pose at every labelled frame, and tubes are maximal runs."""
+    for scene in default_scenes[:8]:
+        frames = np.arange(scene.labelled_frames.start, scene.labelled_frames.stop) + 1
+        tubes = [t for per_label in dense_tubes(scene).values() for t in per_label]
+        for a in range(len(scene.actors)):
+            pose_frames = np.concatenate([t.rows[:, 0] for t in tubes if t.person_id == a and t.action_id in POSES])
+            assert np.array_equal(np.sort(pose_frames), frames)
+        runs: dict[tuple[int, int], list[np.ndarray]] = {}
+        for t in tubes:
+            runs.setdefault((t.person_id, t.action_id), []).append(t.rows[:, 0])
+        for parts in runs.values():
+            for before, after in zip(parts, parts[1:], strict=False):
+                assert after[0] > before[-1] + 1  # a gap, else the two would be one tube
+
+
+def test_short_events_label_every_frame_whose_window_holds_them(default_scenes: list) -> None:
+    seen = set()
+    for scene in default_scenes:
+        dense = scene.dense_annotations
+        for event in scene.events:
+            seen.add(event.action_id)
+            got = dense[(dense["person_id"] == event.actor) & (dense["action_id"] == event.action_id)]["frame"]
+            expected = [
+                c
+                for c in scene.labelled_frames
+                if max(0, c - scene.fps) <= event.start and event.end <= min(scene.num_frames - 1, c + scene.fps)
+            ]
+            assert got.tolist() == expected and expected
+    assert {GIVE, TAKE, THROW} <= seen
+
+
+def test_dense_predicted_boxes(tiny: tuple[Path, dict[str, int]]) -> None:
+    out, counts = tiny
+    ds = read_dense_dataset(out / "dense" / "gt.pkl")
+    first, last = TINY.fps + 1, TINY.duration_s * TINY.fps - TINY.fps + 1
+    scale = np.array([TINY.width, TINY.height, TINY.width, TINY.height])
+    for split in ("train", "val"):
+        pred = read_predicted_boxes(out / "dense" / f"predicted_boxes_{split}.csv")
+        assert len(pred) == counts[f"dense_{split}_predicted_boxes"] > 0
+        assert pred["timestamp"].between(first, last).all()
+        assert ((pred["score"] > 0) & (pred["score"] <= 1)).all()
+        assert pred["action_id"].isna().all()
+        ious = []
+        for (video, frame), group in pred[pred["score"] >= 0.7].groupby(["video_id", "timestamp"]):
+            gt = np.array(
+                [t[t[:, 0] == frame, 1:][0] for ts in ds.gttubes[video].values() for t in ts if frame in t[:, 0]]
+            )
+            for box in group[BOX_COLUMNS].to_numpy():
+                ious.append(_iou(box, gt / scale).max())
+        assert np.median(ious) > 0.7
