@@ -1,28 +1,37 @@
 """Import public SlowFast checkpoints into our SlowFast (``stages.slowfast``), whichever code base trained them.
 
 Each layout is an explicit two-way name mapping onto one structural description of a backbone tensor (a ``_Slot``:
-stem, lateral fusion or residual-block conv/BN; pathway, stage, block, tensor name), so ``convert`` and its inverse
-``render`` are the same table read both ways, and the round trip is the test oracle:
+stem, lateral fusion, residual-block or non-local conv/BN; pathway, stage, block, tensor name), so ``convert`` and its
+inverse ``render`` are the same table read both ways, and the round trip is the test oracle:
 
-- ``pyslowfast``: PySlowFast ``.pyth`` (``model_state``). Our module names are PySlowFast's: identity.
+- ``pyslowfast``: PySlowFast ``.pyth`` (``model_state``). Our module names are PySlowFast's: identity, non-local
+  blocks (``s4.pathway0_nonlocal6.conv_theta``...) included.
 - ``caffe2``: PySlowFast's Caffe2 ``.pkl`` (``blobs`` of numpy arrays). The inverse of PySlowFast's
   ``c2_model_loading.get_name_convert_func``: ``conv1_w`` / ``res_conv1_bn_{s,b,rm,riv}`` stem,
   ``res{S}_{i}_branch2{a,b,c}`` and ``_branch1`` blocks, ``t_`` prefix for the fast pathway, laterals
-  ``t_pool1_subsample`` (after the stem) and ``t_res{S}_{last}_branch2c_bn_subsample`` (after res2..res4).
-  BN blobs are scale/bias/running mean/running var; ``_riv`` holds the variance itself (PySlowFast copies it
-  to ``running_var`` unchanged), and there is no ``num_batches_tracked``. Optimizer blobs (``*_momentum``,
-  ``lr``, ``model_iter``) are ignored.
+  ``t_pool1_subsample`` (after the stem) and ``t_res{S}_{last}_branch2c_bn_subsample`` (after res2..res4), non-local
+  ``nonlocal_conv{S}_{i}_{theta,phi,g,out}_{w,b}`` / ``nonlocal_conv{S}_{i}_bn_*`` (slow pathway only: the
+  converter has no fast-pathway non-local name). BN blobs are scale/bias/running mean/running var; ``_riv`` holds
+  the variance itself (PySlowFast copies it to ``running_var`` unchanged), and there is no ``num_batches_tracked``.
+  Optimizer blobs (``*_momentum``, ``lr``, ``model_iter``) are ignored.
 - ``pytorchvideo``: ``create_slowfast`` (``blocks.N.multipathway_blocks.P...``, ``blocks.N.multipathway_fusion...``) and
-  ``create_slowfast_with_roi_head`` (the same under ``model.``, head ``detection_head.``).
+  ``create_slowfast_with_roi_head`` (the same under ``model.``, head ``detection_head.``). Its builders have no
+  non-local option.
 - ``mmaction2``: ``ResNet3dSlowFast`` (``backbone.{slow,fast}_path.layer1.0.conv1.conv.weight``, laterals
-  ``backbone.slow_path.conv1_lateral`` / ``layer{1,2,3}_lateral``).
-- ``acar``: ACAR-Net's ``slowfast50/101`` (``module.backbone.module.slow_res1.0.conv1.weight``, laterals ``Tconv1..4``).
+  ``backbone.slow_path.conv1_lateral`` / ``layer{1,2,3}_lateral``, conv-only when ``lateral_norm=False``).
+- ``acar``: ACAR-Net's ``slowfast50/101`` (``module.backbone.module.slow_res1.0.conv1.weight``, laterals ``Tconv1..4``:
+  ``Tconv1.0``/``.1`` conv/BN, or a bare conv ``Tconv1.weight`` when ``fuse_only_conv=True``).
 
 What the names cannot carry, and the caller must match in ``SlowFastConfig``: mmaction2 and ACAR (unless
 ``slow_full_span``) feed the slow pathway every alpha-th frame (``slow_sampling="stride"``); mmaction2's AVA configs
-run res5 at stride 1 *without* dilation, which our SlowFast does not build. Two things do not map at all and are
-reported: non-local blocks (PySlowFast/Caffe2 R101 AVA models), and conv-only laterals (mmaction2's default
-``lateral_norm=False``, ACAR's default ``fuse_only_conv=True``), whose missing BN keys make a strict load refuse.
+run res5 at stride 1 without dilation (``res5_stride=1, res5_dilation=1``); non-local pooling, grouping and
+instantiation (``nonlocal_pool``/``_group``/``_instantiation``). The structure the names do carry (conv-only
+laterals: ``lateral_norm=False``; non-local positions: ``nonlocal_location``) must match too, else a strict load
+refuses and the report's notes say which setting the checkpoint needs.
+
+Not mapped, reported, refused when strict: mmaction2 non-local blocks (``non_local_block``: mmcv's ``NonLocal3d``
+max-pools *after* the phi/g convs, has no ``conv_out`` bias when normed and other modes; no mmaction2 SlowFast
+config uses them).
 
 Files are read without running code from them: ``torch.load(weights_only=True)`` or the restricted unpickler of
 ``stages.safe_pickle``; a file that needs more than that is refused, never re-read with full unpickling.
@@ -61,20 +70,36 @@ class CheckpointError(ValueError):
 class _Slot(NamedTuple):
     """Where a tensor sits in a two-pathway SlowFast ResNet, independent of anyone's module names."""
 
-    part: str  # "stem", "fuse" (lateral fast->slow) or "res"
-    stage: int  # stem 1; fuse 1..4 (after the stem, res2, res3, res4); res 2..5
+    part: str  # "stem", "fuse" (lateral fast->slow), "res" or "nonlocal"
+    stage: int  # stem 1; fuse 1..4 (after the stem, res2, res3, res4); res and nonlocal 2..5
     pathway: int  # 0 slow, 1 fast; fuse is always 1 (it reads the fast pathway)
-    block: int  # res block index, else 0
-    conv: str  # res: "1" (projection shortcut), "a", "b", "c"; else ""
+    block: int  # res block index (nonlocal: the block it follows), else 0
+    conv: str  # res: "1" (projection shortcut), "a", "b", "c"; nonlocal: "theta", "phi", "g", "out"; else ""
     bn: bool  # the BN after the conv rather than the conv
     param: str  # torch name: weight, bias, running_mean, running_var, num_batches_tracked
 
 
+_NL_CONVS = ("theta", "phi", "g", "out")
+
+
 def _slot(part: str, stage: int, pathway: int, block: int, conv: str, bn: bool, param: str) -> _Slot | None:
-    """A slot if ``param`` is a tensor our model has there (convs are bias-free), else None."""
-    if param not in (_BN_PARAMS if bn else ("weight",)):
+    """A slot if ``param`` is a tensor our model has there (convs are bias-free but non-local ones), else None."""
+    conv_params = ("weight", "bias") if part == "nonlocal" else ("weight",)
+    if param not in (_BN_PARAMS if bn else conv_params):
         return None
     return _Slot(part, stage, pathway, block, conv, bn, param)
+
+
+class _Arch(NamedTuple):
+    """What encoding needs beyond one slot: blocks per (stage, pathway) (Caffe2 names laterals after the last
+    block), and whether laterals have BN (ACAR names a bare lateral conv apart from a conv+BN one)."""
+
+    depths: Mapping[tuple[int, int], int]
+    lateral_norm: bool = True
+
+
+def _no_nonlocal(layout: str, s: _Slot) -> ValueError:
+    return ValueError(f"{layout} has no name for non-local block s{s.stage} pathway{s.pathway} block {s.block}")
 
 
 # --- ours == PySlowFast ----------------------------------------------------------------------------------------------
@@ -82,6 +107,7 @@ def _slot(part: str, stage: int, pathway: int, block: int, conv: str, bn: bool, 
 _OURS_STEM = re.compile(r"s1\.pathway([01])_stem\.(conv|bn)\.(\w+)")
 _OURS_FUSE = re.compile(r"s([1-4])_fuse\.(conv_f2s|bn)\.(\w+)")
 _OURS_RES = re.compile(r"s([2-5])\.pathway([01])_res(\d+)\.branch(?:1|2\.([abc]))(_bn)?\.(\w+)")
+_OURS_NL = re.compile(r"s([2-5])\.pathway([01])_nonlocal(\d+)\.(?:conv_(theta|phi|g|out)|bn)\.(\w+)")
 
 
 def _decode_ours(name: str) -> _Slot | None:
@@ -91,14 +117,18 @@ def _decode_ours(name: str) -> _Slot | None:
         return _slot("fuse", int(m[1]), 1, 0, "", m[2] == "bn", m[3])
     if m := _OURS_RES.fullmatch(name):
         return _slot("res", int(m[1]), int(m[2]), int(m[3]), m[4] or "1", m[5] is not None, m[6])
+    if m := _OURS_NL.fullmatch(name):
+        return _slot("nonlocal", int(m[1]), int(m[2]), int(m[3]), m[4] or "out", m[4] is None, m[5])
     return None
 
 
-def _encode_ours(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None) -> str:
+def _encode_ours(s: _Slot, arch: _Arch | None = None) -> str:
     if s.part == "stem":
         module = f"s1.pathway{s.pathway}_stem." + ("bn" if s.bn else "conv")
     elif s.part == "fuse":
         module = f"s{s.stage}_fuse." + ("bn" if s.bn else "conv_f2s")
+    elif s.part == "nonlocal":
+        module = f"s{s.stage}.pathway{s.pathway}_nonlocal{s.block}." + ("bn" if s.bn else f"conv_{s.conv}")
     else:
         branch = "branch1" if s.conv == "1" else f"branch2.{s.conv}"
         module = f"s{s.stage}.pathway{s.pathway}_res{s.block}.{branch}" + ("_bn" if s.bn else "")
@@ -115,6 +145,8 @@ _C2_STEM_BN = re.compile(r"(t_)?res_conv1_bn_(s|b|rm|riv)")
 _C2_FUSE1 = re.compile(rf"t_pool1_subsample_{_C2_TAIL}")
 _C2_FUSE = re.compile(rf"t_res([2-4])_(\d+)_branch2c_bn_subsample_{_C2_TAIL}")
 _C2_RES = re.compile(rf"(t_)?res([2-5])_(\d+)_branch(?:1|2([abc]))_{_C2_TAIL}")
+_C2_NL_CONV = re.compile(r"nonlocal_conv([2-5])_(\d+)_(theta|phi|g|out)_(w|b)")
+_C2_NL_BN = re.compile(r"nonlocal_conv([2-5])_(\d+)_bn_(s|b|rm|riv)")
 
 
 def _c2_tail(tail: str) -> tuple[bool, str]:
@@ -132,10 +164,14 @@ def _decode_caffe2(name: str) -> _Slot | None:
         return _slot("fuse", int(m[1]), 1, 0, "", *_c2_tail(m[3]))
     if m := _C2_RES.fullmatch(name):
         return _slot("res", int(m[2]), int(m[1] is not None), int(m[3]), m[4] or "1", *_c2_tail(m[5]))
+    if m := _C2_NL_CONV.fullmatch(name):  # PySlowFast's converter: always the slow pathway
+        return _slot("nonlocal", int(m[1]), 0, int(m[2]), m[3], False, "weight" if m[4] == "w" else "bias")
+    if m := _C2_NL_BN.fullmatch(name):
+        return _slot("nonlocal", int(m[1]), 0, int(m[2]), "out", True, _C2_BN[m[3]])
     return None
 
 
-def _encode_caffe2(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None) -> str | None:
+def _encode_caffe2(s: _Slot, arch: _Arch | None = None) -> str | None:
     if s.param in _OPTIONAL_PARAMS:
         return None
     tail = f"bn_{_C2_BN_INV[s.param]}" if s.bn else "w"
@@ -145,9 +181,15 @@ def _encode_caffe2(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None
     if s.part == "fuse":
         if s.stage == 1:
             return f"t_pool1_subsample_{tail}"
-        if depths is None or (s.stage, 1) not in depths:
+        if arch is None or (s.stage, 1) not in arch.depths:
             raise ValueError(f"Caffe2 names lateral s{s.stage}_fuse after the last fast block of res{s.stage}: unknown")
-        return f"t_res{s.stage}_{depths[(s.stage, 1)] - 1}_branch2c_bn_subsample_{tail}"
+        return f"t_res{s.stage}_{arch.depths[(s.stage, 1)] - 1}_branch2c_bn_subsample_{tail}"
+    if s.part == "nonlocal":
+        if s.pathway == 1:
+            raise _no_nonlocal("caffe2 (fast pathway)", s)
+        if s.bn:
+            return f"nonlocal_conv{s.stage}_{s.block}_{tail}"
+        return f"nonlocal_conv{s.stage}_{s.block}_{s.conv}_{'w' if s.param == 'weight' else 'b'}"
     branch = "branch1" if s.conv == "1" else f"branch2{s.conv}"
     return f"{fast}res{s.stage}_{s.block}_{branch}_{tail}"
 
@@ -173,7 +215,9 @@ def _decode_pytorchvideo(name: str) -> _Slot | None:
     return None
 
 
-def _encode_pytorchvideo(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None) -> str:
+def _encode_pytorchvideo(s: _Slot, arch: _Arch | None = None) -> str:
+    if s.part == "nonlocal":
+        raise _no_nonlocal("pytorchvideo", s)
     kind = "norm" if s.bn else "conv"
     if s.part == "stem":
         return f"blocks.0.multipathway_blocks.{s.pathway}.{kind}.{s.param}"
@@ -205,7 +249,9 @@ def _decode_mmaction2(name: str) -> _Slot | None:
     return None
 
 
-def _encode_mmaction2(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None) -> str:
+def _encode_mmaction2(s: _Slot, arch: _Arch | None = None) -> str:
+    if s.part == "nonlocal":
+        raise _no_nonlocal("mmaction2 (mapped)", s)
     kind = "bn" if s.bn else "conv"
     path = "slow_path" if s.pathway == 0 else "fast_path"
     if s.part == "stem":
@@ -235,11 +281,15 @@ def _decode_acar(name: str) -> _Slot | None:
     return None
 
 
-def _encode_acar(s: _Slot, depths: Mapping[tuple[int, int], int] | None = None) -> str:
+def _encode_acar(s: _Slot, arch: _Arch | None = None) -> str:
+    if s.part == "nonlocal":
+        raise _no_nonlocal("acar", s)
     path = "slow" if s.pathway == 0 else "fast"
     if s.part == "stem":
         return f"{path}_{'bn' if s.bn else 'conv'}1.{s.param}"
-    if s.part == "fuse":  # fuse_only_conv=False: Sequential(conv, BN, ReLU)
+    if s.part == "fuse":  # fuse_only_conv=False: Sequential(conv, BN, ReLU); True: the bare conv
+        if arch is not None and not arch.lateral_norm:
+            return f"Tconv{s.stage}.{s.param}"
         return f"Tconv{s.stage}.{1 if s.bn else 0}.{s.param}"
     if s.conv == "1":
         module = "downsample_bn" if s.bn else "downsample.0"
@@ -256,10 +306,10 @@ class _Layout:
     name: str
     prefixes: tuple[str, ...]  # wrappers (DataParallel, detector, full model) tried; the first is what render writes
     decode: Callable[[str], _Slot | None]
-    encode: Callable[[_Slot, Mapping[tuple[int, int], int] | None], str | None]
+    encode: Callable[[_Slot, _Arch | None], str | None]
     head: re.Pattern[str]  # classifier / detector heads: dropped on purpose, reported apart
     ignore: re.Pattern[str] | None = None  # training bookkeeping, not weights
-    nonlocal_: re.Pattern[str] | None = None  # non-local blocks, which our SlowFast does not build
+    nonlocal_: re.Pattern[str] | None = None  # non-local blocks this layout does not map
 
 
 _LAYOUTS: dict[str, _Layout] = {
@@ -269,7 +319,6 @@ _LAYOUTS: dict[str, _Layout] = {
         _decode_ours,
         _encode_ours,
         head=re.compile(r"^(?:module\.)?head\."),
-        nonlocal_=re.compile(r"_nonlocal\d+\."),
     ),
     "caffe2": _Layout(
         "caffe2",
@@ -278,7 +327,7 @@ _LAYOUTS: dict[str, _Layout] = {
         _encode_caffe2,
         head=re.compile(r"^(?:pred_|conv_5|lin_5)"),
         ignore=re.compile(r"momentum|lr|model_iter"),  # PySlowFast's own list of non-weight blobs
-        nonlocal_=re.compile(r"^nonlocal_"),
+        nonlocal_=re.compile(r"nonlocal"),  # any left undecoded (PySlowFast's converter only names slow ones)
     ),
     "pytorchvideo": _Layout(
         "pytorchvideo",
@@ -378,23 +427,49 @@ def _depths(slots: Iterable[_Slot]) -> dict[tuple[int, int], int]:
     return depths
 
 
-def _expected_keys(depths: Mapping[tuple[int, int], int]) -> set[str]:
-    """Our key set for a SlowFast of these stage depths (a stage never seen counts as one block)."""
-    slots: list[_Slot] = []
+def _arch(slots: Iterable[_Slot]) -> _Arch:
+    """Depths and lateral kind of the network these slots come from (laterals count as normed unless all lack BN)."""
+    slots = list(slots)
+    fuse = [s for s in slots if s.part == "fuse"]
+    return _Arch(_depths(slots), lateral_norm=not fuse or any(s.bn for s in fuse))
 
-    def unit(part: str, stage: int, pathway: int, block: int, conv: str) -> None:
-        slots.append(_Slot(part, stage, pathway, block, conv, False, "weight"))
-        slots.extend(_Slot(part, stage, pathway, block, conv, True, p) for p in _BN_PARAMS)
+
+def _nonlocal_location(slots: Iterable[_Slot]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """``SlowFastConfig.nonlocal_location`` of the non-local blocks among these slots."""
+    found = {(s.stage, s.pathway, s.block) for s in slots if s.part == "nonlocal"}
+    return tuple(
+        tuple(tuple(sorted(b for st, p, b in found if (st, p) == (stage, pathway))) for pathway in (0, 1))
+        for stage in range(2, 6)
+    )
+
+
+def _expected_keys(slots: Iterable[_Slot]) -> set[str]:
+    """Our key set for the SlowFast these slots imply: stage depths (a stage never seen counts as one block), lateral
+    BN unless every lateral lacks it, and the non-local blocks seen."""
+    slots = list(slots)
+    arch = _arch(slots)
+    expected: list[_Slot] = []
+
+    def unit(part: str, stage: int, pathway: int, block: int, conv: str, bn: bool = True) -> None:
+        expected.append(_Slot(part, stage, pathway, block, conv, False, "weight"))
+        if bn:
+            expected.extend(_Slot(part, stage, pathway, block, conv, True, p) for p in _BN_PARAMS)
 
     for pathway in (0, 1):
         unit("stem", 1, pathway, 0, "")
         for stage in range(2, 6):
-            for block in range(depths.get((stage, pathway), 1)):
+            for block in range(arch.depths.get((stage, pathway), 1)):
                 for conv in ("1", "a", "b", "c") if block == 0 else ("a", "b", "c"):
                     unit("res", stage, pathway, block, conv)
     for stage in range(1, 5):
-        unit("fuse", stage, 1, 0, "")
-    return {_encode_ours(s) for s in slots}
+        unit("fuse", stage, 1, 0, "", bn=arch.lateral_norm)
+    for stage, per_pathway in enumerate(_nonlocal_location(slots), start=2):
+        for pathway, blocks in enumerate(per_pathway):
+            for block in blocks:
+                for conv in _NL_CONVS:
+                    expected.append(_Slot("nonlocal", stage, pathway, block, conv, False, "bias"))
+                    unit("nonlocal", stage, pathway, block, conv, bn=conv == "out")
+    return {_encode_ours(s) for s in expected}
 
 
 def _to_tensor(value: Any) -> torch.Tensor:
@@ -403,16 +478,26 @@ def _to_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.array(value))  # copies: Caffe2 arrays unpickle read-only
 
 
-def _notes(report: ConversionReport, layout: _Layout) -> list[str]:
+def _notes(report: ConversionReport, layout: _Layout, slots: Iterable[_Slot]) -> list[str]:
+    """Which ``SlowFastConfig`` setting a structural mismatch points to."""
     notes = []
     if layout.nonlocal_ is not None and any(layout.nonlocal_.search(k) for k in report.unmapped):
-        notes.append("the checkpoint has non-local blocks, which our SlowFast does not build: they are not loaded")
-    lateral_bn = [k for k in report.missing if re.fullmatch(r"s[1-4]_fuse\.bn\.\w+", k)]
-    if lateral_bn and any(k.endswith("conv_f2s.weight") for k in report.sources):
+        notes.append(f"the checkpoint has non-local blocks that the {layout.name} mapping does not place: not loaded")
+    if any("_nonlocal" in k for k in report.unexpected):
+        notes.append(
+            "the checkpoint has non-local blocks the model lacks: build it with SlowFastConfig(nonlocal_location="
+            f"{_nonlocal_location(slots)}) and the checkpoint's nonlocal_pool/_group/_instantiation"
+        )
+    if any("_nonlocal" in k for k in report.missing):
+        notes.append("the model has non-local blocks the checkpoint lacks (nonlocal_location)")
+    lateral_bn = re.compile(r"s[1-4]_fuse\.bn\.\w+")
+    if any(lateral_bn.fullmatch(k) for k in report.missing) and any("conv_f2s" in k for k in report.sources):
         notes.append(
             "the checkpoint's fast->slow laterals are conv-only (mmaction2 lateral_norm=False, ACAR fuse_only_conv="
-            "True); our laterals are conv+BN+ReLU, so this network cannot be reproduced by loading it"
+            "True): build the model with SlowFastConfig(lateral_norm=False)"
         )
+    if any(lateral_bn.fullmatch(k) for k in report.unexpected):
+        notes.append("the checkpoint's laterals have BN: build the model with SlowFastConfig(lateral_norm=True)")
     return notes
 
 
@@ -422,7 +507,7 @@ def convert(
     """A checkpoint in ``layout`` -> (our state dict, report of unmapped / head / missing keys).
 
     ``missing`` is checked against ``target`` (our model's keys) when given, else against the SlowFast implied by
-    the stage depths found in the checkpoint. ``num_batches_tracked`` is never reported missing.
+    the checkpoint (stage depths, lateral BN, non-local blocks). ``num_batches_tracked`` is never reported missing.
     """
     flat, _ = _unwrap(state_dict)
     name = detect_layout(flat) if layout == "auto" else layout
@@ -448,11 +533,11 @@ def convert(
             report.heads.append(key)
         else:
             report.unmapped.append(key)
-    expected = set(target) if target is not None else _expected_keys(_depths(slots))
+    expected = set(target) if target is not None else _expected_keys(slots)
     report.missing = sorted(k for k in expected - ours.keys() if k.rsplit(".", 1)[-1] not in _OPTIONAL_PARAMS)
     if target is not None:
         report.unexpected = sorted(ours.keys() - expected)
-    report.notes = _notes(report, spec)
+    report.notes = _notes(report, spec, slots)
     return ours, report
 
 
@@ -472,10 +557,10 @@ def render(our_state_dict: Mapping[str, Any], layout: str, prefix: str | None = 
         if slot is None:
             raise ValueError(f"{key} is not a SlowFast backbone key")
         slots[key] = slot
-    depths = _depths(slots.values())
+    arch = _arch(slots.values())
     out: dict[str, Any] = {}
     for key, value in our_state_dict.items():
-        name = spec.encode(slots[key], depths)
+        name = spec.encode(slots[key], arch)
         if name is None:
             continue
         if layout == "caffe2":
@@ -511,9 +596,10 @@ def load_backbone_checkpoint(
     """Load a public SlowFast checkpoint into ``model``; returns the conversion report (also logged).
 
     Shape mismatches are always refused, naming the key and both shapes. With ``strict`` (default) a checkpoint
-    that leaves model tensors unset, brings backbone tensors the model lacks, or has non-head weights with no
-    place here (non-local blocks) is refused too, as the loaded network would not be the checkpoint's; without
-    ``strict`` those are logged and the rest is loaded. Head keys are always dropped (stage two owns heads).
+    that leaves model tensors unset, brings backbone tensors the model lacks (non-local blocks or lateral BN the
+    config did not ask for), or has non-head weights with no place here (mmaction2 non-local blocks) is refused
+    too, as the loaded network would not be the checkpoint's; without ``strict`` those are logged and the rest is
+    loaded. Head keys are always dropped (stage two owns heads).
     """
     contents = read_checkpoint(path)
     own = model.state_dict()

@@ -105,9 +105,7 @@ class SlowFastConfig:
                 f"nonlocal_location {location} must give, for each of the 4 stages, (slow, fast) block indices "
                 f"within {self.depth_layers}"
             )
-        if group is not None and (
-            len(group) != 4 or any(len(stage) != 2 or min(stage) < 1 for stage in group)
-        ):
+        if group is not None and (len(group) != 4 or any(len(stage) != 2 or min(stage) < 1 for stage in group)):
             raise ValueError(f"nonlocal_group {group} must give 4 stages of (slow, fast) group counts >= 1")
         if len(self.nonlocal_pool) != 3 or min(self.nonlocal_pool) < 1:
             raise ValueError(f"nonlocal_pool must be a (T, H, W) kernel of sizes >= 1, got {self.nonlocal_pool}")
@@ -203,9 +201,9 @@ class _TwoPathwayStem(nn.Module):
 
 
 class _FuseFastToSlow(nn.Module):
-    """Lateral connection: time-strided conv on the fast map, BN, ReLU, concatenated onto the slow map."""
+    """Lateral connection: time-strided conv on the fast map (then BN, ReLU unless conv-only), concatenated on slow."""
 
-    def __init__(self, fast_channels: int, channel_ratio: int, kernel: int, alpha: int) -> None:
+    def __init__(self, fast_channels: int, channel_ratio: int, kernel: int, alpha: int, norm: bool = True) -> None:
         super().__init__()
         self.conv_f2s = nn.Conv3d(
             fast_channels,
@@ -215,11 +213,14 @@ class _FuseFastToSlow(nn.Module):
             padding=(kernel // 2, 0, 0),
             bias=False,
         )
-        self.bn = _bn(fast_channels * channel_ratio)
-        self.relu = nn.ReLU(inplace=True)
+        # conv-only laterals (mmaction2 lateral_norm=False, ACAR fuse_only_conv=True) have neither BN nor ReLU
+        self.bn = _bn(fast_channels * channel_ratio) if norm else None
+        self.relu = nn.ReLU(inplace=True) if norm else None
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lateral = self.relu(self.bn(self.conv_f2s(fast)))
+        lateral = self.conv_f2s(fast)
+        if self.bn is not None and self.relu is not None:
+            lateral = self.relu(self.bn(lateral))
         return torch.cat([slow, lateral], dim=1), fast
 
 
@@ -277,8 +278,56 @@ class _ResBlock(nn.Module):
         return self.relu(shortcut + residual)
 
 
+class _NonLocal(nn.Module):
+    """Non-local block (Wang et al., 2018) as PySlowFast's ``Nonlocal``: ``x + BN(conv_out(A g))``.
+
+    theta/phi/g are biased 1x1x1 convs to ``dim // 2`` channels; phi and g read the input max-pooled by ``pool`` (no
+    ``pool`` module when it is all ones, as in PySlowFast). The affinity ``A = theta^T phi`` is divided by the number
+    of pooled positions (``dot_product``) or scaled by ``(dim // 2) ** -0.5`` and softmaxed (``softmax``).
+    """
+
+    def __init__(self, dim: int, pool: tuple[int, int, int], instantiation: NonlocalInstantiation) -> None:
+        super().__init__()
+        inner = dim // 2
+        self.instantiation = instantiation
+        self.conv_theta = nn.Conv3d(dim, inner, kernel_size=1)
+        self.conv_phi = nn.Conv3d(dim, inner, kernel_size=1)
+        self.conv_g = nn.Conv3d(dim, inner, kernel_size=1)
+        self.conv_out = nn.Conv3d(inner, dim, kernel_size=1)
+        self.bn = _bn(dim)
+        self.pool = nn.MaxPool3d(kernel_size=pool, stride=pool) if max(pool) > 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, t, h, w = x.shape
+        theta = self.conv_theta(x).flatten(2)  # [N, C', THW]
+        pooled = x if self.pool is None else self.pool(x)
+        phi = self.conv_phi(pooled).flatten(2)  # [N, C', P]
+        g = self.conv_g(pooled).flatten(2)
+        affinity = torch.einsum("ncq,ncp->nqp", theta, phi)
+        if self.instantiation == "softmax":
+            affinity = torch.softmax(affinity * theta.shape[1] ** -0.5, dim=2)
+        else:
+            affinity = affinity / affinity.shape[2]
+        attended = torch.einsum("nqp,ncp->ncq", affinity, g).reshape(n, theta.shape[1], t, h, w)
+        return x + self.bn(self.conv_out(attended))
+
+
+def _fold_time(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B * groups, C, T / groups, H, W]: consecutive time chunks become batch entries."""
+    b, c, t, h, w = x.shape
+    if t % groups:
+        raise ValueError(f"non-local group {groups} does not divide the {t} frames at this stage")
+    return x.transpose(1, 2).reshape(b * groups, t // groups, c, h, w).transpose(1, 2)
+
+
+def _unfold_time(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of ``_fold_time``."""
+    bg, c, tg, h, w = x.shape
+    return x.transpose(1, 2).reshape(bg // groups, tg * groups, c, h, w).transpose(1, 2)
+
+
 class _ResStage(nn.Module):
-    """One ResNet stage for both pathways; blocks are registered as ``pathway{p}_res{i}``."""
+    """One ResNet stage for both pathways: ``pathway{p}_res{i}``, each maybe followed by ``pathway{p}_nonlocal{i}``."""
 
     def __init__(
         self,
@@ -290,9 +339,14 @@ class _ResStage(nn.Module):
         stride: int,
         dilation: int,
         temporal_kernel_blocks: int,
+        nonlocal_blocks: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+        nonlocal_group: tuple[int, int] = (1, 1),
+        nonlocal_pool: tuple[int, int, int] = (1, 2, 2),
+        nonlocal_instantiation: NonlocalInstantiation = "dot_product",
     ) -> None:
         super().__init__()
         self.num_blocks = num_blocks
+        self.nonlocal_group = nonlocal_group
         for pathway in range(2):
             for i in range(num_blocks):
                 block = _ResBlock(
@@ -304,10 +358,20 @@ class _ResStage(nn.Module):
                     dilation,
                 )
                 self.add_module(f"pathway{pathway}_res{i}", block)
+                if i in nonlocal_blocks[pathway]:  # registered right after its block, as PySlowFast does
+                    nonlocal_block = _NonLocal(out_channels[pathway], nonlocal_pool, nonlocal_instantiation)
+                    self.add_module(f"pathway{pathway}_nonlocal{i}", nonlocal_block)
 
     def _run(self, pathway: int, x: torch.Tensor) -> torch.Tensor:
+        groups = self.nonlocal_group[pathway]
         for i in range(self.num_blocks):
             x = getattr(self, f"pathway{pathway}_res{i}")(x)
+            nonlocal_block = getattr(self, f"pathway{pathway}_nonlocal{i}", None)
+            if nonlocal_block is not None:
+                if groups > 1:
+                    x = _unfold_time(nonlocal_block(_fold_time(x, groups)), groups)
+                else:
+                    x = nonlocal_block(x)
         return x
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,14 +387,14 @@ class SlowFast(nn.Module):
         width, beta_inv, ratio = config.width, config.beta_inv, config.fusion_channel_ratio
 
         def fuse(fast_channels: int) -> _FuseFastToSlow:
-            return _FuseFastToSlow(fast_channels, ratio, config.fusion_kernel, config.alpha)
+            return _FuseFastToSlow(fast_channels, ratio, config.fusion_kernel, config.alpha, config.lateral_norm)
 
         self.s1 = _TwoPathwayStem(
             _Stem(3, width, _SLOW_STEM_TEMPORAL_KERNEL), _Stem(3, width // beta_inv, _FAST_STEM_TEMPORAL_KERNEL)
         )
         self.s1_fuse = fuse(width // beta_inv)
         slow_in, fast_in = width + width // beta_inv * ratio, width // beta_inv
-        strides = (1, 2, 2, 2 if config.res5_dilation == 1 else 1)
+        strides = (1, 2, 2, config.res5_spatial_stride)
         dilations = (1, 1, 1, config.res5_dilation)
         tk_blocks = config.temporal_kernel_blocks or config.depth_layers
         for stage in range(4):
@@ -345,6 +409,10 @@ class SlowFast(nn.Module):
                 stride=strides[stage],
                 dilation=dilations[stage],
                 temporal_kernel_blocks=tk_blocks[stage],
+                nonlocal_blocks=(config.nonlocal_blocks(stage + 2, 0), config.nonlocal_blocks(stage + 2, 1)),
+                nonlocal_group=config.nonlocal_group[stage] if config.nonlocal_group else (1, 1),
+                nonlocal_pool=config.nonlocal_pool,
+                nonlocal_instantiation=config.nonlocal_instantiation,
             )
             self.add_module(f"s{stage + 2}", stage_module)
             if stage < 3:
@@ -368,10 +436,13 @@ class SlowFast(nn.Module):
         return self._fast_channels
 
     def _init_weights(self) -> None:
-        """PySlowFast's init: MSRA (kaiming normal, fan_out) convs, BN gamma 1 / beta 0, final block BN gamma 0."""
+        """PySlowFast's init: MSRA (kaiming normal, fan_out) convs with zero bias, BN gamma 1 / beta 0; the final BN
+        of each bottleneck and of each non-local block gamma 0, so both start as identities around the shortcut."""
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm3d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -379,6 +450,8 @@ class SlowFast(nn.Module):
             for module in self.modules():
                 if isinstance(module, _Bottleneck):
                     nn.init.zeros_(module.c_bn.weight)
+                elif isinstance(module, _NonLocal):
+                    nn.init.zeros_(module.bn.weight)
 
     def forward(self, fast_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 3, T_f, H, W] -> (slow [B, 32w, T_f/alpha, H/s, W/s], fast [B, 32w/beta_inv, T_f, H/s, W/s])."""

@@ -4,8 +4,13 @@ The fixtures in ``fixtures/checkpoint_layouts/`` are key names and shapes (no we
 implementations themselves (PySlowFast, pytorchvideo, mmaction2, ACAR-Net; repository@commit and how in each
 file); the Caffe2 one is PySlowFast's model renamed by the inverse of PySlowFast's own Caffe2 name converter,
 each name checked by running that converter. Our R50 key set is ``fixtures/pyslowfast_slowfast_r50_state_dict.json``.
-Outside the tests, each mapping was also checked once numerically: a reference R50 with random weights saved in its
-own layout, loaded here, gave res5 outputs identical to the reference's (max abs difference 0.0).
+Four more come from the structures that used to be refused: PySlowFast's AVA R101 "50_50" model with non-local
+blocks (``pyslowfast_r101_nl``, and its Caffe2 blob names ``caffe2_r101_nl``), mmaction2's AVA SlowFast (conv-only
+laterals, res5 stride 1 undilated: ``mmaction2_ava_convonly``) and ACAR-Net's R101 (conv-only laterals:
+``acar_r101_convonly``).
+Outside the tests, each mapping was also checked once numerically: a reference model with random weights saved in
+its own layout, loaded here strictly, gave res5 outputs identical to the reference's (max abs difference 0.0; for the
+non-local R101 and Caffe2 files, mmaction2 AVA 4x16, ACAR R101 and a conv-only pytorchvideo fusion as well).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import gzip
 import json
 import logging
 import pickle
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,22 @@ logger = logging.getLogger(__name__)
 FIXTURES = Path(__file__).parent / "fixtures"
 # Small, but two blocks in some stages so block indices and Caffe2's "last block" lateral names are exercised.
 SMALL = SlowFastConfig(depth_layers=(2, 1, 2, 1), width=8)
+SMALL_CONV_ONLY = replace(SMALL, lateral_norm=False)
+# Non-local after res2 slow block 1 and res4 slow block 0 (Caffe2 only names slow-pathway ones), plus a fast one.
+SMALL_NL = replace(SMALL, nonlocal_location=(((1,), ()), ((), ()), ((0,), ()), ((), ())))
+SMALL_NL_FAST = replace(SMALL, nonlocal_location=(((1,), ()), ((), ()), ((0,), (1,)), ((), ())))
+# The public models behind the fixtures of structures that used to be refused.
+R101_NL = SlowFastConfig(
+    depth_layers=(3, 4, 23, 3),
+    fusion_kernel=5,
+    temporal_kernel_blocks=(3, 4, 6, 3),
+    nonlocal_location=(((), ()), ((), ()), ((6, 13, 20), ()), ((), ())),
+    nonlocal_pool=(2, 2, 2),
+)
+MMACTION2_AVA = SlowFastConfig(
+    alpha=8, fusion_kernel=5, res5_dilation=1, res5_stride=1, lateral_norm=False, slow_sampling="stride"
+)
+ACAR_R101 = SlowFastConfig(depth_layers=(3, 4, 23, 3), fusion_kernel=5, lateral_norm=False, slow_sampling="stride")
 
 
 def _r50_keys() -> dict[str, tuple[int, ...]]:
@@ -180,6 +203,13 @@ def test_hand_written_examples(layout: str) -> None:
 def test_caffe2_names_match_pyslowfast_conversion_log() -> None:
     """Blob -> module pairs as PySlowFast printed them converting a real Caffe2 AVA model (R101 NL, v2.1)."""
     pairs = {
+        "nonlocal_conv4_6_out_w": "s4.pathway0_nonlocal6.conv_out.weight",
+        "nonlocal_conv4_6_out_b": "s4.pathway0_nonlocal6.conv_out.bias",
+        "nonlocal_conv4_13_phi_w": "s4.pathway0_nonlocal13.conv_phi.weight",
+        "nonlocal_conv4_20_theta_w": "s4.pathway0_nonlocal20.conv_theta.weight",
+        "nonlocal_conv4_6_bn_rm": "s4.pathway0_nonlocal6.bn.running_mean",
+        "nonlocal_conv4_6_bn_s": "s4.pathway0_nonlocal6.bn.weight",
+        "nonlocal_conv4_20_bn_riv": "s4.pathway0_nonlocal20.bn.running_var",
         "t_res_conv1_bn_b": "s1.pathway1_stem.bn.bias",
         "t_pool1_subsample_w": "s1_fuse.conv_f2s.weight",
         "t_pool1_subsample_bn_rm": "s1_fuse.bn.running_mean",
@@ -192,12 +222,11 @@ def test_caffe2_names_match_pyslowfast_conversion_log() -> None:
         "t_res5_1_branch2c_bn_riv": "s5.pathway1_res1.branch2.c_bn.running_var",
         "res2_0_branch2c_bn_s": "s2.pathway0_res0.branch2.c_bn.weight",
     }
-    blobs = {name: np.zeros(1, dtype=np.float32) for name in [*pairs, "nonlocal_conv4_6_out_w", "pred_w"]}
+    blobs = {name: np.zeros(1, dtype=np.float32) for name in [*pairs, "pred_w"]}
     ours, report = convert({"blobs": blobs}, "auto")
     assert report.layout == "caffe2"
     assert {report.sources[k]: k for k in ours} == pairs
-    assert report.unmapped == ["nonlocal_conv4_6_out_w"] and report.heads == ["pred_w"]
-    assert any("non-local" in note for note in report.notes)
+    assert report.unmapped == [] and report.heads == ["pred_w"]
 
 
 def test_caffe2_lateral_is_named_after_last_fast_block() -> None:
@@ -250,22 +279,111 @@ def test_conv_only_laterals_are_refused_unless_not_strict(tmp_path: Path) -> Non
     rendered = render(_random_state(), "mmaction2")
     conv_only = {k: v for k, v in rendered.items() if "_lateral.bn." not in k}  # lateral_norm=False
     path = _save(conv_only, "mmaction2", tmp_path / "conv_only.pth")
-    with pytest.raises(CheckpointError, match="conv-only"):
+    with pytest.raises(CheckpointError, match="lateral_norm=False"):
         load_backbone_checkpoint(SlowFast(SMALL), path)
     report = load_backbone_checkpoint(SlowFast(SMALL), path, strict=False)
     assert len(report.missing) == 16 and all("_fuse.bn." in k for k in report.missing)
 
 
-def test_non_local_blocks_are_reported_and_refused_when_strict(tmp_path: Path) -> None:
-    rendered = render(_random_state(), "pyslowfast")
-    rendered["s4.pathway0_nonlocal1.conv_theta.weight"] = torch.zeros(4, 8, 1, 1, 1)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_only_laterals_load_strictly_into_a_conv_only_model(layout: str, tmp_path: Path) -> None:
+    state = _random_state(SMALL_CONV_ONLY, seed=3)
+    rendered = render(state, layout)
+    if layout == "acar":  # fuse_only_conv=True: the lateral is a bare Conv3d
+        assert "module.backbone.module.Tconv1.weight" in rendered
+    path = _save(rendered, layout, tmp_path / f"conv_only{_SUFFIX[layout]}")
+    model = SlowFast(SMALL_CONV_ONLY)
+    report = load_backbone_checkpoint(model, path)
+    assert report.missing == [] and report.unexpected == [] and report.unmapped == []
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    # and the other way round: laterals with BN do not fit a conv-only model
+    normed = _save(render(_random_state(), layout), layout, tmp_path / f"normed{_SUFFIX[layout]}")
+    with pytest.raises(CheckpointError, match="lateral_norm=True"):
+        load_backbone_checkpoint(SlowFast(SMALL_CONV_ONLY), normed)
+
+
+@pytest.mark.parametrize(("layout", "config"), [("pyslowfast", SMALL_NL_FAST), ("caffe2", SMALL_NL)])
+def test_non_local_blocks_round_trip_and_load_strictly(layout: str, config: SlowFastConfig, tmp_path: Path) -> None:
+    state = _random_state(config, seed=4)
+    rendered = render(state, layout)
+    back, report = convert(rendered, layout)
+    assert report.unmapped == [] and report.missing == []
+    expected = {k: v for k, v in state.items() if layout != "caffe2" or not k.endswith("num_batches_tracked")}
+    assert back.keys() == expected.keys() and all(torch.equal(back[k], v) for k, v in expected.items())
+    model = SlowFast(config)
+    load_backbone_checkpoint(model, _save(rendered, layout, tmp_path / f"nl{_SUFFIX[layout]}"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_non_local_blocks_the_model_lacks_are_refused_with_the_location(tmp_path: Path) -> None:
+    rendered = render(_random_state(SMALL_NL_FAST), "pyslowfast")
     rendered["head.projection.weight"] = torch.zeros(80, 288)
     path = _save(rendered, "pyslowfast", tmp_path / "nl.pyth")
-    with pytest.raises(CheckpointError, match="non-local"):
+    with pytest.raises(
+        CheckpointError, match=re.escape("nonlocal_location=(((1,), ()), ((), ()), ((0,), (1,)), ((), ()))")
+    ):
         load_backbone_checkpoint(SlowFast(SMALL), path)
     report = load_backbone_checkpoint(SlowFast(SMALL), path, strict=False)
-    assert report.unmapped == ["s4.pathway0_nonlocal1.conv_theta.weight"]
-    assert report.heads == ["head.projection.weight"]
+    assert len(report.unexpected) == 3 * 13 and all("_nonlocal" in k for k in report.unexpected)
+    assert report.heads == ["head.projection.weight"] and report.unmapped == []
+    with pytest.raises(CheckpointError, match="non-local blocks the checkpoint lacks"):
+        load_backbone_checkpoint(
+            SlowFast(SMALL_NL_FAST), _save(render(_random_state(), "pyslowfast"), "pyslowfast", tmp_path / "plain.pyth")
+        )
+
+
+def test_non_local_blocks_without_a_name_are_refused_on_render() -> None:
+    with pytest.raises(ValueError, match=re.escape("caffe2 (fast pathway)")):
+        render(_random_state(SMALL_NL_FAST), "caffe2")
+    for layout in ("pytorchvideo", "mmaction2", "acar"):
+        with pytest.raises(ValueError, match="non-local"):
+            render(_random_state(SMALL_NL), layout)
+
+
+def test_mmaction2_non_local_blocks_are_reported_unmapped() -> None:
+    rendered = render(_random_state(), "mmaction2")
+    nl_key = "backbone.slow_path.layer3.1.non_local_block.g.conv.weight"  # mmcv NonLocal3d inside a Bottleneck3d
+    rendered[nl_key] = torch.zeros(128, 256, 1, 1, 1)
+    _, report = convert(rendered, "mmaction2")
+    assert report.unmapped == [nl_key]
+    assert any("mmaction2 mapping does not place" in note for note in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "config"),
+    [
+        ("pyslowfast_r101_nl", R101_NL),
+        ("caffe2_r101_nl", R101_NL),
+        ("mmaction2_ava_convonly", MMACTION2_AVA),
+        ("acar_r101_convonly", ACAR_R101),
+    ],
+)
+def test_reference_keys_of_once_refused_models_convert_exactly(fixture: str, config: SlowFastConfig) -> None:
+    """Non-local R101 (PySlowFast, Caffe2) and conv-only laterals (mmaction2 AVA, ACAR R101): every backbone tensor
+    lands on the model built with the matching config, same shape, nothing left over."""
+    data = _layout_fixture(fixture)
+    source = {key: torch.empty(shape, device="meta") for key, shape in data["keys"]}
+    with torch.device("meta"):
+        target = {k: tuple(v.shape) for k, v in SlowFast(config).state_dict().items()}
+    if data["layout"] == "caffe2":
+        target = {k: s for k, s in target.items() if not k.endswith("num_batches_tracked")}
+    assert detect_layout(source) == data["layout"]
+    ours, report = convert(source, data["layout"], target=target)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == target
+    assert report.unmapped == [] and report.missing == [] and report.unexpected == []
+    assert sorted(report.heads) == sorted(data["heads"])
+    assert report.notes == []
+
+
+def test_acar_conv_only_lateral_names() -> None:
+    examples = {
+        "module.backbone.module.Tconv1.weight": "s1_fuse.conv_f2s.weight",
+        "module.backbone.module.Tconv4.weight": "s4_fuse.conv_f2s.weight",
+    }
+    ours, report = convert({key: torch.zeros(1) for key in examples}, "acar")
+    assert {report.sources[k]: k for k in ours} == examples
+    assert set(render({our: torch.zeros(1) for our in examples.values()}, "acar")) == set(examples)
 
 
 def test_unknown_layout_is_refused() -> None:
