@@ -176,7 +176,10 @@ def detect_config(params: Mapping[str, Any], split: str) -> DetectConfig:
 
 
 def train_config(params: Mapping[str, Any], dataset: str = "ava") -> TrainConfig:
+    """The head is params head.name for AVA and dense.head for the dense pipeline (so ablations stay apart)."""
     name = params.get("head", {}).get("name", "linear")
+    if dataset == "dense":
+        name = params.get("dense", {}).get("head", "linear")
     return build(
         TrainConfig,
         params.get("train", {}),

@@ -57,3 +57,12 @@ def test_per_frame_detections_are_pixels_with_label_indices(dataset):
     assert list(dets["label"]) == [0, 1] and list(dets["score"]) == pytest.approx([0.7, 0.9])
     np.testing.assert_allclose(dets.iloc[0][["x1", "y1", "x2", "y2"]].to_numpy(float), [10, 20, 30, 60])
     assert set(dets["frame"]) == {2}
+
+
+def test_dense_pipeline_trains_its_own_head_setting(tiny_params):
+    from pipeline.config import train_config
+
+    tiny_params["head"]["name"] = "acar"  # an AVA ablation must not change the dense pipeline's head
+    tiny_params["dense"]["head"] = "linear"
+    assert train_config(tiny_params, "dense").head == "linear"
+    assert train_config(tiny_params).head == "acar"
