@@ -17,24 +17,8 @@ from pathlib import Path
 import torch
 
 from stages.backbones import BackboneConfig, load_backbone
-from stages.extract import ExtractConfig, build_manifest, decode_clips, extract
+from stages.extract import ExtractConfig, build_manifest, decode_clips, extract, silent_progress
 from stages.synth import SynthConfig, generate
-
-
-def _silent(iterable=None, **kwargs):
-    """A tqdm stand-in with no output, so progress printing is not part of either timing."""
-
-    class _Bar:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def update(self, n: int) -> None:
-            pass
-
-    return _Bar() if iterable is None else iterable
 
 
 def main() -> None:
@@ -72,7 +56,7 @@ def main() -> None:
         # bare, full, bare: the machine is shared, so compare the full run with the bare runs on either side
         before = bare_forward()
         start = time.perf_counter()
-        extract(config, progress=_silent)
+        extract(config, progress=silent_progress)
         full = len(clips) / (time.perf_counter() - start)
         after = bare_forward()
         bare = (before + after) / 2

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,6 +33,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # dask's cluster chatter
 
 
 @app.command()
@@ -53,6 +57,23 @@ def finetune(params: ParamsOption = Path("params.yaml")) -> None:
 
     metrics = run(cfg.finetune_config(cfg.load_params(params)))
     log.info("fine-tuned backbone: %s", metrics)
+
+
+@contextmanager
+def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
+    """A dask.distributed client for --scheduler or --workers, else None (work stays in this process)."""
+    if not workers and not scheduler:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
+        log.info("dask dashboard: %s", client.dashboard_link)
+        yield client
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -108,6 +129,12 @@ def extract(
         bool | None, typer.Option("--flip/--no-flip", help="Test-time variant: mirrored frames and boxes.")
     ] = None,
     dataset: DatasetOption = "ava",
+    workers: Annotated[
+        int, typer.Option(help="Spread shards over a local dask cluster of this many worker processes (0: no).")
+    ] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Address of a running dask.distributed scheduler to spread shards over.")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stage one: run the backbone over every keyframe clip and write the feature store of one split.
@@ -118,7 +145,9 @@ def extract(
     """
     from stages.extract import extract as run
 
-    summary = run(cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip, dataset))
+    config = cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip, dataset)
+    with _dask_client(workers, scheduler) as client:
+        summary = run(config, cluster=client)
     log.info(
         "%s: %d clips, %d boxes; %d shards written, %d already done; %d failed videos",
         summary.store,

@@ -28,7 +28,7 @@ from torchvision.ops import box_iou, roi_align
 from tqdm import tqdm
 
 from cache_spec import views as V
-from cache_spec.store import Store, create_store
+from cache_spec.store import Store, create_store, open_store
 from stages.act_io import read_dense_dataset
 from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
 from stages.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
@@ -379,16 +379,14 @@ class ExtractSummary:
     failed_videos: dict[str, str]
 
 
-def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> ExtractSummary:
-    """Build (or finish) the store for one split. Idempotent: finished shards are never redone."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    model, weights = load_backbone(config.backbone)
-    if model.stride != config.backbone.stride:
-        raise ValueError(
-            f"backbone {config.backbone.name} has stride {model.stride}, expected {config.backbone.stride}"
-        )
-    check_clip_size(model, config.input_sampling.num_frames, *config.input_sampling.canvas)
+def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster: Any = None) -> ExtractSummary:
+    """Build (or finish) the store for one split. Idempotent: finished shards are never redone.
+
+    With ``cluster`` (a ``dask.distributed.Client``) the missing shards are spread over its workers, each
+    loading the backbone once and writing whole shards (a shard has exactly one writer); otherwise this
+    process does them all.
+    """
+    model, weights = _prepared_backbone(config)
     clips, boxes = build_manifest(config)
     store = create_store(
         config.out,
@@ -404,12 +402,49 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
     skipped = store.num_shards - len(todo)
     if skipped:
         log.info("%s: %d of %d shards already done, %d to go", store.path, skipped, store.num_shards, len(todo))
+    if cluster is None:
+        failures = extract_shards(config, store, model, todo, progress)
+    else:
+        del model  # each worker loads its own
+        failures = _extract_on_cluster(config, todo, cluster, progress)
+    if failures:
+        table = pa.table({"video_id": list(failures), "error": list(failures.values())})
+        pq.write_table(table, store.path / "failures.parquet")
+        log.warning("%d video(s) failed to decode; listed in %s", len(failures), store.path / "failures.parquet")
+    return ExtractSummary(store.path, len(store.clips), len(store.boxes), len(todo), skipped, failures)
+
+
+def _prepared_backbone(config: ExtractConfig) -> tuple[nn.Module, str]:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model, weights = load_backbone(config.backbone)
+    if model.stride != config.backbone.stride:
+        raise ValueError(
+            f"backbone {config.backbone.name} has stride {model.stride}, expected {config.backbone.stride}"
+        )
+    check_clip_size(model, config.input_sampling.num_frames, *config.input_sampling.canvas)
+    return model, weights
+
+
+def extract_shards(
+    config: ExtractConfig,
+    store: Store,
+    model: nn.Module,
+    shards: Sequence[int],
+    progress: Callable[..., Any] = tqdm,
+) -> dict[str, str]:
+    """Decode, run and write the given shards of an existing store; returns the videos that failed."""
     failures: dict[str, str] = {}
     clip_video = store.clips["video_id"].to_numpy()
-    n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in todo)
+    n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in shards)
     clip_stream = in_background(
         _decode_shards(
-            store, todo, Path(config.data_dir) / "videos", config.input_sampling, config.flip, config.timestamp_unit
+            store,
+            list(shards),
+            Path(config.data_dir) / "videos",
+            config.input_sampling,
+            config.flip,
+            config.timestamp_unit,
         ),
         maxsize=2 * config.batch_clips,
     )
@@ -433,11 +468,46 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm) -> Extra
                 pending.append(writer.submit(store.write_shard, shard, buf.arrays, buf.failed))
         for future in pending:
             future.result()
-    if failures:
-        table = pa.table({"video_id": list(failures), "error": list(failures.values())})
-        pq.write_table(table, store.path / "failures.parquet")
-        log.warning("%d video(s) failed to decode; listed in %s", len(failures), store.path / "failures.parquet")
-    return ExtractSummary(store.path, len(store.clips), len(store.boxes), len(todo), skipped, failures)
+    return failures
+
+
+def _worker_task(config: ExtractConfig, shards: list[int]) -> dict[str, str]:
+    """One dask task: this worker's shards of the (already created) store."""
+    model, _ = _prepared_backbone(config)
+    return extract_shards(config, open_store(config.out), model, shards, progress=silent_progress)
+
+
+def _extract_on_cluster(
+    config: ExtractConfig, shards: Sequence[int], client: Any, progress: Callable[..., Any]
+) -> dict[str, str]:
+    """Spread shards round-robin over the cluster's workers: one task per worker, so one model load each."""
+    from distributed import as_completed
+
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    groups = [list(shards[i::workers]) for i in range(workers) if shards[i::workers]]
+    futures = {client.submit(_worker_task, config, group, pure=False): len(group) for group in groups}
+    failures: dict[str, str] = {}
+    with progress(total=len(shards), unit="shard", desc=f"extract {config.split} on {workers} workers") as bar:
+        for future in as_completed(futures):
+            failures.update(future.result())
+            bar.update(futures[future])
+    return failures
+
+
+class silent_progress:  # noqa: N801 - a tqdm stand-in, called like the class it replaces
+    """Progress that prints nothing: for workers (their bars would interleave) and for timing runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        pass
+
+    def __enter__(self) -> silent_progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        pass
 
 
 def _with_end_markers(clips: Iterator[_Clip]) -> Iterator[_Clip | None]:

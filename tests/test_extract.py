@@ -185,3 +185,19 @@ def test_single_pathway_backbone_fills_the_pathway_free_views(tiny_params):
     assert store.read_view("slow_tpool").shape == (len(store.clips), 256, 8, 10)
     with pytest.raises(KeyError, match=r"fast_spool.*needs dimension.*C_f"):
         extract(replace(config, out=config.out.with_name("fast.zarr"), views=(ROI_POOLED, "fast_spool")))
+
+
+def test_extraction_spread_over_dask_workers_equals_one_process(tiny_params, tmp_path):
+    """Two worker processes each write their own shards; the store equals a single-process run."""
+    from distributed import Client, LocalCluster
+
+    config = extract_config(tiny_params, "val")
+    reference = extract(replace(config, out=tmp_path / "reference.zarr"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            summary = extract(config, cluster=client)
+    assert summary.shards_written == open_store(config.out).num_shards > 1
+    distributed_store, single = open_store(config.out), open_store(reference.store)
+    assert distributed_store.verify() == []
+    for view in (ROI_POOLED, CONTEXT_MAP):
+        np.testing.assert_array_equal(distributed_store.read_view(view), single.read_view(view))
