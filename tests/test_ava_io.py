@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +191,7 @@ def test_duplicates_are_dropped_with_a_warning(tmp_path: Path, caplog: pytest.Lo
     assert str(path) in caplog.text
 
 
-def test_read_is_fast_enough_for_ava_size(tmp_path: Path) -> None:
+def test_ava_sized_file_round_trips(tmp_path: Path) -> None:
     n = 255_000
     rng = np.random.default_rng(0)
     x1, y1 = rng.uniform(0, 0.5, n).round(3), rng.uniform(0, 0.5, n).round(3)
@@ -210,10 +209,10 @@ def test_read_is_fast_enough_for_ava_size(tmp_path: Path) -> None:
     )
     path = tmp_path / "big.csv"
     write_annotations(df, path)
-    start = time.perf_counter()
     back = read_annotations(path, SMALL_MAP)
-    assert time.perf_counter() - start < 15.0
     assert len(back) == n
+    np.testing.assert_array_equal(back["timestamp"], df["timestamp"])
+    np.testing.assert_allclose(back[["x1", "y1", "x2", "y2"]], df[["x1", "y1", "x2", "y2"]], atol=5e-4)
 
 
 @settings(max_examples=25, deadline=None)
