@@ -42,7 +42,7 @@ def synth(
     params: ParamsOption = Path("params.yaml"),
     out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.data).")] = None,
 ) -> None:
-    """Generate the embedded synthetic data set in the AVA layout (videos, CSVs, label map)."""
+    """Generate the embedded synthetic data set: AVA layout (videos, CSVs, label map) plus per-frame tubes."""
     from stages.synth import generate
 
     p = cfg.load_params(params)
