@@ -110,15 +110,20 @@ def test_r50_state_dict_matches_pyslowfast() -> None:
     assert any(key == "s1_fuse.conv_f2s.weight" and shape == [16, 8, 7, 1, 1] for key, shape in got)
 
 
-def test_small_forward_matches_pyslowfast_numerically() -> None:
-    reference = np.load(FIXTURES / "pyslowfast_small_forward.npz")
-    model = SlowFast(SlowFastConfig.small()).eval()
+def _assert_forward_matches(config: SlowFastConfig, fixture: str) -> None:
+    """Formula-generated weights and input give the reference model's recorded slow/fast outputs."""
+    reference = np.load(FIXTURES / fixture)
+    model = SlowFast(config).eval()
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     model.load_state_dict(_formula_state_dict(shapes), strict=True)
     with torch.no_grad():
         slow, fast = model(_formula_input(tuple(reference["input_shape"])))
     torch.testing.assert_close(slow, torch.from_numpy(reference["slow"]), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(fast, torch.from_numpy(reference["fast"]), rtol=1e-4, atol=1e-4)
+
+
+def test_small_forward_matches_pyslowfast_numerically() -> None:
+    _assert_forward_matches(SlowFastConfig.small(), "pyslowfast_small_forward.npz")
 
 
 def test_init_follows_pyslowfast() -> None:
@@ -341,14 +346,7 @@ def test_res5_stride_1_undilated_shapes() -> None:
     ],
 )
 def test_conv_only_lateral_forward_matches_reference(fixture: str, config: SlowFastConfig) -> None:
-    reference = np.load(FIXTURES / fixture)
-    model = SlowFast(config).eval()
-    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    model.load_state_dict(_formula_state_dict(shapes), strict=True)
-    with torch.no_grad():
-        slow, fast = model(_formula_input(tuple(reference["input_shape"])))
-    torch.testing.assert_close(slow, torch.from_numpy(reference["slow"]), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fast, torch.from_numpy(reference["fast"]), rtol=1e-4, atol=1e-4)
+    _assert_forward_matches(config, fixture)
 
 
 def test_small_forward_timing() -> None:
