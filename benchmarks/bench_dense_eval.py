@@ -1,4 +1,4 @@
-"""Time ``stages.dense_eval`` frame-mAP and video-mAP on UCF101-24-sized synthetic input.
+"""Time ``stages.metrics.dense`` frame-mAP and video-mAP on UCF101-24-sized synthetic input.
 
 Ground truth: ``--videos`` test videos of ``--frames`` frames, one action class per video (as UCF101-24),
 1-2 actor tubes each covering 40-100% of the video, boxes drifting smoothly. Frame detections: every
@@ -23,9 +23,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.act_io import dense_dataset_from_dict  # noqa: E402
-from stages.dense_eval import frame_map, video_map  # noqa: E402
-from stages.tubes import DETECTION_COLUMNS, LinkParams, Tube, link_tubes  # noqa: E402
+from stages.data.act import dense_dataset_from_dict  # noqa: E402
+from stages.metrics.dense import frame_map, video_map  # noqa: E402
+from stages.metrics.tubes import DETECTION_COLUMNS, LinkParams, Tube, link_tubes  # noqa: E402
 
 W, H = 320, 240
 

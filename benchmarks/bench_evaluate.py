@@ -1,4 +1,4 @@
-"""Time ``stages.ava_eval.frame_map`` on AVA-sized synthetic input (optionally against the reference).
+"""Time ``stages.metrics.ava.frame_map`` on AVA-sized synthetic input (optionally against the reference).
 
 Ground truth: keyframes of 15-minute videos, 1-6 persons each, multi-label (one pose label plus
 long-tailed extra labels over 60 classes). Detections: jittered ground-truth persons plus false-positive
@@ -27,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.ava_eval import frame_map  # noqa: E402
+from stages.metrics.ava import frame_map  # noqa: E402
 
 NUM_CLASSES = 60
 KEYFRAMES_PER_VIDEO = 897  # AVA: seconds 902..1798

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from stages.backbones import BackboneConfig, load_backbone
-from stages.extract import ExtractConfig, build_manifest, decode_clips, extract, silent_progress
-from stages.synth import SynthConfig, generate
+from stages.data.manifest import build_manifest
+from stages.data.synth import SynthConfig, generate
+from stages.data.video import decode_clips
+from stages.extract import ExtractConfig, extract, silent_progress
+from stages.models.backbones import BackboneConfig, load_backbone
 
 
 def main() -> None:
@@ -41,7 +43,7 @@ def main() -> None:
             backbone=BackboneConfig(preset=args.preset),
             batch_clips=args.batch_clips,
         )
-        clips, _ = build_manifest(config)
+        clips, _ = build_manifest(config.manifest, config.input_sampling, config.backbone.stride)
         tensors = [t for _, t, _ in decode_clips(clips, data / "videos", config.sampling)]
         model, _ = load_backbone(config.backbone)
 

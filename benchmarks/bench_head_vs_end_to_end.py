@@ -21,11 +21,12 @@ from cache_spec.reader import ClipBatchLoader
 from cache_spec.store import open_store
 from cache_spec.views import ROI_POOLED
 from heads import LinearHead
-from stages.backbones import BackboneConfig, load_backbone, pool_context
-from stages.extract import ExtractConfig, decode_clips, extract
-from stages.slowfast import roi_pool_features
-from stages.synth import SynthConfig, generate
-from stages.train import box_mask, multi_hot
+from stages.data.synth import SynthConfig, generate
+from stages.data.video import decode_clips
+from stages.extract import ExtractConfig, extract
+from stages.models.backbones import BackboneConfig, load_backbone, pool_context
+from stages.models.slowfast import roi_pool_features
+from stages.models.trained_head import box_mask, multi_hot
 
 
 def main() -> None:

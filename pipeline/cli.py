@@ -43,7 +43,7 @@ def synth(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.data).")] = None,
 ) -> None:
     """Generate the embedded synthetic data set: AVA layout (videos, CSVs, label map) plus per-frame tubes."""
-    from stages.synth import generate
+    from stages.data.synth import generate
 
     p = cfg.load_params(params)
     counts = generate(cfg.synth_config(p), out or Path(p["paths"]["data"]))
@@ -101,8 +101,8 @@ def evaluate_detections(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Person AP@0.5 and AR@100 of the boxes extract uses (extract.predicted_boxes) against the ground truth."""
-    from stages.ava_io import read_annotations, read_excluded_timestamps, read_predicted_boxes
-    from stages.detect import evaluate_detections as score
+    from stages.data.ava import read_annotations, read_excluded_timestamps, read_predicted_boxes
+    from stages.metrics.detection import evaluate_detections as score
 
     config = cfg.extract_config(cfg.load_params(params), split)
     data = config.data_dir

@@ -13,15 +13,15 @@ import yaml
 
 from heads import HEADS
 from stages.ablate import AblateConfig
-from stages.backbones import BackboneConfig
+from stages.data.synth import SynthConfig
+from stages.data.video import ClipSampling
 from stages.detect import DetectConfig
 from stages.evaluate import EvaluateConfig
 from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
-from stages.synth import SynthConfig
+from stages.metrics.tubes import LinkParams
+from stages.models.backbones import BackboneConfig
 from stages.train import TrainConfig
-from stages.tubes import LinkParams
-from stages.video import ClipSampling
 
 C = TypeVar("C")
 

@@ -13,19 +13,19 @@ import numpy as np
 import pandas as pd
 
 from cache_spec.store import Store, open_store
-from stages import dense_eval
-from stages.act_io import read_dense_dataset
-from stages.ava_eval import FrameMapResult, frame_map
-from stages.ava_io import (
+from stages.data.act import read_dense_dataset
+from stages.data.ava import (
     LabelMap,
     read_annotations,
     read_excluded_timestamps,
     read_label_map,
     write_detections,
 )
-from stages.dense import dense_paths, label_ids, per_frame_detections
-from stages.train import load_head, predict, resolve_device
-from stages.tubes import LinkParams, link_tubes, tubes_to_frame
+from stages.data.dense import dense_paths, label_ids, per_frame_detections
+from stages.metrics import dense as dense_eval
+from stages.metrics.ava import FrameMapResult, frame_map
+from stages.metrics.tubes import LinkParams, link_tubes, tubes_to_frame
+from stages.models.trained_head import load_head, predict, resolve_device
 
 log = logging.getLogger(__name__)
 

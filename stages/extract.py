@@ -9,36 +9,30 @@ record are skipped, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from cache_spec import views as V
 from cache_spec.store import Store, create_store, open_store
-from stages.act_io import read_dense_dataset
-from stages.ava_io import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
-from stages.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
-from stages.dense import dense_annotations, dense_paths, label_ids, split_videos
-from stages.video import ClipSampling, VideoDecodeError, iter_keyframe_clips, preprocess_clip, video_info
+from stages.data.manifest import ManifestSpec, build_manifest
+from stages.data.video import ClipSampling, decode_clips, in_background
+from stages.models.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS = (V.ROI_POOLED, V.CONTEXT_MAP)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,7 +42,7 @@ class ExtractConfig:
     data_dir: Path
     split: str
     out: Path
-    dataset: str = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle (stages/dense.py)
+    dataset: str = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle
     keyframe_stride: int = 1  # dense only: every k-th frame is a keyframe
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampling: ClipSampling = field(default_factory=ClipSampling)
@@ -70,6 +64,20 @@ class ExtractConfig:
         return "frames" if self.dataset == "dense" else "seconds"
 
     @property
+    def manifest(self) -> ManifestSpec:
+        """The part of the config that decides the store's rows."""
+        return ManifestSpec(
+            data_dir=self.data_dir,
+            split=self.split,
+            dataset=self.dataset,
+            keyframe_stride=self.keyframe_stride,
+            box_sources=self.box_sources,
+            predicted_boxes=self.predicted_boxes,
+            det_threshold=self.det_threshold,
+            label_iou=self.label_iou,
+        )
+
+    @property
     def input_sampling(self) -> ClipSampling:
         """The clip sampling with the variant's scale applied (canvas rounded up to the backbone's 32 multiple)."""
         if self.scale == 1.0:
@@ -81,133 +89,6 @@ class ExtractConfig:
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------------
-def build_manifest(config: ExtractConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Clips (keyframes with at least one box) and their boxes, from the AVA files of one split."""
-    data = Path(config.data_dir)
-    gt, det_path, excluded = _source_tables(config)
-    parts = []
-    if "gt" in config.box_sources:
-        parts.append(_gt_boxes(gt))
-    if "det" in config.box_sources:
-        det = read_predicted_boxes(config.predicted_boxes or det_path)
-        det = det[det["score"] >= config.det_threshold]
-        if config.dataset == "dense":
-            det = det[(det["timestamp"] - 1) % config.keyframe_stride == 0]
-        det = det[~_keys(det).isin(_keys(excluded))]
-        parts.append(_label_detections(det, gt, config.label_iou))
-    boxes = pd.concat(parts, ignore_index=True)
-    boxes = boxes.sort_values(["video_id", "timestamp", "source", "score"], ascending=[True, True, False, False])
-    boxes = boxes.reset_index(drop=True)
-    keys = boxes.groupby(["video_id", "timestamp"], sort=False).size()
-    clips = keys.reset_index(name="box_count")
-    clips["box_start"] = np.concatenate([[0], np.cumsum(clips["box_count"].to_numpy())[:-1]])
-    clips["clip_index"] = np.arange(len(clips))
-    boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
-    boxes["box_index"] = np.arange(len(boxes))
-    stride = config.backbone.stride
-    _add_canvas_geometry(clips, boxes, data / "videos", config.input_sampling, stride, config.flip)
-    return clips, boxes.drop(columns=["video_id", "timestamp"])
-
-
-def _source_tables(config: ExtractConfig) -> tuple[pd.DataFrame, Path, pd.DataFrame]:
-    """Ground truth in AVA annotation form, the default predicted-box CSV, and the excluded keyframes."""
-    data = Path(config.data_dir)
-    label_map = read_label_map(data / "label_map.pbtxt")
-    if config.dataset == "ava":
-        gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
-        excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
-        return gt[gt["action_id"].isin(label_map.ids)], data / f"predicted_boxes_{config.split}.csv", excluded
-    if config.dataset == "dense":
-        gt_path, det_path = dense_paths(data, config.split)
-        ds = read_dense_dataset(gt_path)
-        videos = split_videos(ds, config.split)
-        gt = dense_annotations(ds, videos, label_ids(ds, label_map), config.keyframe_stride)
-        return gt, det_path, _no_keyframes()  # dense data sets exclude no frames
-    raise ValueError(f"unknown dataset layout {config.dataset!r}; expected 'ava' or 'dense'")
-
-
-def _read_excluded(path: Path) -> pd.DataFrame:
-    return read_excluded_timestamps(path) if path.exists() else _no_keyframes()
-
-
-def _no_keyframes() -> pd.DataFrame:
-    return pd.DataFrame({"video_id": pd.Series(dtype=str), "timestamp": pd.Series(dtype=np.int64)})
-
-
-def _keys(frame: pd.DataFrame) -> pd.Series:
-    return frame["video_id"].astype(str) + "@" + frame["timestamp"].astype(str)
-
-
-def _gt_boxes(gt: pd.DataFrame) -> pd.DataFrame:
-    """One row per (keyframe, person) with all its action ids (AVA repeats the box once per action)."""
-    grouped = gt.groupby(["video_id", "timestamp", "person_id"], sort=True)
-    boxes = grouped[["x1", "y1", "x2", "y2"]].first().reset_index()
-    boxes["labels"] = grouped["action_id"].agg(lambda s: sorted(set(int(a) for a in s))).to_numpy()
-    boxes["source"] = "gt"
-    boxes["score"] = 1.0
-    return boxes
-
-
-def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd.DataFrame:
-    """Give each detection the labels of its best-overlapping GT box in the same keyframe (IoU >= min_iou)."""
-    gt_boxes = _gt_boxes(gt)
-    out = det[["video_id", "timestamp", "x1", "y1", "x2", "y2", "score"]].copy().reset_index(drop=True)
-    out["source"] = "det"
-    person = np.full(len(out), -1, np.int64)
-    labels: list[list[int]] = [[] for _ in range(len(out))]
-    gt_rows = gt_boxes.groupby(["video_id", "timestamp"]).indices
-    coords = ["x1", "y1", "x2", "y2"]
-    det_xy, gt_xy = torch.tensor(out[coords].to_numpy()), torch.tensor(gt_boxes[coords].to_numpy())
-    gt_labels, gt_person = gt_boxes["labels"].to_numpy(), gt_boxes["person_id"].to_numpy()
-    for key, rows in out.groupby(["video_id", "timestamp"]).indices.items():
-        candidates = gt_rows.get(key)
-        if candidates is None:
-            continue
-        best_iou, best = box_iou(det_xy[rows], gt_xy[candidates]).max(dim=1)
-        for row, j in zip(
-            rows[(best_iou >= min_iou).numpy()], candidates[best[best_iou >= min_iou].numpy()], strict=True
-        ):
-            labels[row] = list(gt_labels[j])
-            person[row] = gt_person[j]
-    out["person_id"], out["labels"] = person, labels
-    return out
-
-
-def _add_canvas_geometry(
-    clips: pd.DataFrame, boxes: pd.DataFrame, video_dir: Path, sampling: ClipSampling, stride: int, flip: bool
-) -> None:
-    """Frame size per clip, box pixels on the padded canvas (mirrored with ``flip``), the map's valid extent."""
-    sizes = {}
-    for video in clips["video_id"].unique():
-        try:
-            _, _, h, w = video_info(video_dir / f"{video}.mp4")
-        except VideoDecodeError as err:
-            log.warning("%s", err)
-            h, w = 0, 0
-        sizes[video] = (h, w)
-    hw = np.array([sizes[v] for v in clips["video_id"]], dtype=np.int64).reshape(-1, 2)
-    clips["frame_h"], clips["frame_w"] = hw[:, 0], hw[:, 1]
-    scale = np.array([_fit_scale(h, w, sampling) for h, w in hw])
-    valid_h = np.round(hw[:, 0] * scale).astype(np.int64)
-    valid_w = np.round(hw[:, 1] * scale).astype(np.int64)
-    clips["valid_h"] = -(-valid_h // stride)
-    clips["valid_w"] = -(-valid_w // stride)
-    per_box = boxes["clip_index"].to_numpy()
-    x1, x2 = boxes["x1"].to_numpy(), boxes["x2"].to_numpy()
-    if flip:  # the frame is mirrored, so the box is too; the manifest keeps the original coordinates
-        x1, x2 = 1.0 - x2, 1.0 - x1
-    boxes["fx1"] = x1 * valid_w[per_box] / stride
-    boxes["fx2"] = x2 * valid_w[per_box] / stride
-    boxes["fy1"] = boxes["y1"].to_numpy() * valid_h[per_box] / stride
-    boxes["fy2"] = boxes["y2"].to_numpy() * valid_h[per_box] / stride
-
-
-def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:
-    """The resize factor ``preprocess_clip`` applies (0 for an unreadable video)."""
-    if not height or not width:
-        return 0.0
-    canvas_h, canvas_w = sampling.canvas
-    return min(sampling.short_side / min(height, width), canvas_h / height, canvas_w / width)
 
 
 # ---- the backbone ---------------------------------------------------------------------------------------------
@@ -308,35 +189,6 @@ class _Clip:
     error: str = ""
 
 
-def decode_clips(
-    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False, unit: str = "seconds"
-) -> Iterator[tuple[int, torch.Tensor | None, str]]:
-    """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
-
-    A video that fails to decode yields None (with the error) for its clips not yet produced, so one corrupt
-    file costs its own clips only.
-    """
-    for video, group in clips.groupby("video_id", sort=False):
-        indices = group["clip_index"].to_numpy()
-        path = video_dir / f"{video}.mp4"
-        done: set[int] = set()
-        try:
-            seconds = group["timestamp"].to_numpy(np.float64)
-            if unit == "frames":  # 1-based frame numbers of the dense data sets
-                seconds = (seconds - 1) / video_info(path)[1]
-            ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
-            for ts, frames in iter_keyframe_clips(path, list(ts_to_index), sampling):
-                done.add(ts_to_index[ts])
-                if flip:
-                    frames = frames[:, :, ::-1]
-                yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
-        except VideoDecodeError as err:
-            log.warning("skipping the rest of %s: %s", video, err)
-            for index in indices.tolist():
-                if index not in done:
-                    yield index, None, str(err)
-
-
 def _decode_shards(
     store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling, flip: bool, unit: str
 ) -> Iterator[_Clip]:
@@ -345,28 +197,6 @@ def _decode_shards(
         part = store.clips.iloc[rng.clip_start : rng.clip_stop]
         for index, tensor, error in decode_clips(part, video_dir, sampling, flip, unit):
             yield _Clip(shard, index, tensor, error)
-
-
-def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
-    """Run a generator in a thread, handing items over through a bounded queue (errors re-raised here)."""
-    q: queue.Queue = queue.Queue(maxsize=maxsize)
-    end = object()
-
-    def work() -> None:
-        try:
-            for item in items:
-                q.put(item)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            q.put(err)
-        q.put(end)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while (item := q.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    thread.join()
 
 
 @dataclass
@@ -387,7 +217,7 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster:
     process does them all.
     """
     model, weights = _prepared_backbone(config)
-    clips, boxes = build_manifest(config)
+    clips, boxes = build_manifest(config.manifest, config.input_sampling, config.backbone.stride, config.flip)
     store = create_store(
         config.out,
         fingerprint=fingerprint(config, weights),

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stages.ava_io import read_label_map
-from stages.backbones import BackboneConfig, backbone_checkpoint, load_backbone, pool_context
-from stages.extract import ExtractConfig, build_manifest, decode_clips, in_background
-from stages.slowfast import roi_pool_features
-from stages.train import multi_hot, resolve_device
-from stages.video import ClipSampling
+from stages.data.ava import read_label_map
+from stages.data.manifest import ManifestSpec, build_manifest
+from stages.data.video import ClipSampling, decode_clips, in_background
+from stages.models.backbones import BackboneConfig, backbone_checkpoint, load_backbone, pool_context
+from stages.models.slowfast import roi_pool_features
+from stages.models.trained_head import multi_hot, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,8 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     class_ids = read_label_map(Path(config.data_dir) / "label_map.pbtxt").ids
-    manifest_config = ExtractConfig(
-        data_dir=config.data_dir,
-        split=config.split,
-        out=config.out,
-        backbone=config.backbone,
-        sampling=config.sampling,
-        box_sources=("gt",),
-    )
-    clips, boxes = build_manifest(manifest_config)
+    rows = ManifestSpec(data_dir=config.data_dir, split=config.split, box_sources=("gt",))
+    clips, boxes = build_manifest(rows, config.sampling, config.backbone.stride)
     decoded = {}
     for index, tensor, error in progress(
         in_background(decode_clips(clips, Path(config.data_dir) / "videos", config.sampling), maxsize=16),

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cache_spec.reader import ClipBatch, ClipBatchLoader
-from cache_spec.store import Store, open_store
+from cache_spec.reader import ClipBatchLoader
+from cache_spec.store import open_store
 from cache_spec.views import get_view
-from heads import Head, build_head
-from stages.ava_io import POSE, LabelMap, read_label_map
-from stages.losses import ActionLoss
+from heads import build_head
+from stages.data.ava import POSE, read_label_map
+from stages.models.trained_head import action_loss, box_mask, multi_hot, resolve_device, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -43,37 +42,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     memory_budget_mb: int = 2048
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def box_mask(store: Store, source: str) -> np.ndarray:
-    """Boolean mask over the store's box rows for ``gt``, ``det`` or ``all``."""
-    if source == "all":
-        return np.ones(len(store.boxes), bool)
-    if source not in ("gt", "det"):
-        raise ValueError(f"box source must be gt, det or all, got {source!r}")
-    return (store.boxes["source"] == source).to_numpy()
-
-
-def multi_hot(labels: pd.Series, class_ids: Sequence[int]) -> np.ndarray:
-    """[n_boxes, n_classes] float32 targets from the manifest's per-box label lists (unknown ids ignored)."""
-    column = {c: i for i, c in enumerate(class_ids)}
-    targets = np.zeros((len(labels), len(class_ids)), np.float32)
-    for row, ids in enumerate(labels):
-        for action in ids:
-            if int(action) in column:
-                targets[row, column[int(action)]] = 1.0
-    return targets
-
-
-def to_tensors(batch: ClipBatch, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    views = {name: torch.from_numpy(array).to(device, non_blocking=True) for name, array in batch.views.items()}
-    return views, torch.from_numpy(batch.box_clip).to(device)
 
 
 @dataclass
@@ -156,40 +124,3 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     }
     (config.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return result
-
-
-def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
-    """The loss for ``kind`` with pose columns taken from the label map's categories."""
-    return ActionLoss(kind, [i for i, c in enumerate(label_map.ids) if label_map.categories[c] == POSE])
-
-
-def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, ActionLoss, list[int]]:
-    """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed."""
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    model = build_head(state["head"], state["dims"], len(state["class_ids"]), **state["options"])
-    model.load_state_dict(state["state_dict"])
-    loss = ActionLoss(state.get("loss", "bce"), state.get("pose_columns", [])).to(device)
-    return model.to(device).eval(), loss, [int(c) for c in state["class_ids"]]
-
-
-@torch.inference_mode()
-def predict(
-    model: Head,
-    loss: ActionLoss,
-    store: Store,
-    source: str = "det",
-    batch_clips: int = 64,
-    device: torch.device | str = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class scores [n_boxes, n_classes] for the store's ``source`` boxes, with their box rows (sorted)."""
-    loader = ClipBatchLoader(
-        store, model.views, batch_clips=batch_clips, shuffle=False, box_mask=box_mask(store, source)
-    )
-    rows, scores = [], []
-    for batch in loader:
-        views, box_clip = to_tensors(batch, torch.device(device))
-        scores.append(loss.scores(model(views, box_clip)).float().cpu().numpy())
-        rows.append(batch.box_index)
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate(rows), np.concatenate(scores)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.synth import SynthConfig, generate
+from stages.data.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SYNTH = SynthConfig(seed=3, num_videos_train=3, num_videos_val=2, duration_s=5)

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.act_io import (
+from stages.data.act import (
     DenseDataset,
     DenseDatasetError,
     dense_dataset_from_dict,
     read_dense_dataset,
     write_dense_dataset,
 )
-from stages.safe_pickle import UnsafePickleError
+from stages.data.safe_pickle import UnsafePickleError
 
 
 def tube(first: int, last: int, box: tuple[float, float, float, float] = (10, 20, 50, 80)) -> np.ndarray:

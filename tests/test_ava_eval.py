@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.ava_eval import _replay_heaps, frame_map
+from stages.metrics.ava import _replay_heaps, frame_map
 
 GT_COLS = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "person_id"]
 DET_COLS = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score"]

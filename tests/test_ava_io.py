@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.ava_io import (
+from stages.data.ava import (
     AvaFormatError,
     LabelMap,
     read_annotations,
@@ -183,7 +183,7 @@ def test_annotation_errors_name_file_and_line(tmp_path: Path, bad_row: str, frag
 def test_duplicates_are_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     other = "v,0903,0.1,0.2,0.3,0.4,12,1"
     path = _write(tmp_path, "dup.csv", f"{GOOD}\n{other}\n{GOOD.replace('0902', '902')}\n{other}\n{GOOD}\n")
-    with caplog.at_level(logging.WARNING, logger="stages.ava_io"):
+    with caplog.at_level(logging.WARNING, logger="stages.data.ava"):
         df = read_annotations(path)
     assert len(df) == 2
     assert df["timestamp"].tolist() == [902, 903]

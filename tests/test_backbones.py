@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.models.video import mvit_v2_s, r2plus1d_18, r3d_18
 
-from stages.backbones import (
+from stages.models.backbones import (
     BACKBONES,
     CSNConfig,
     CSNExtractor,
@@ -21,8 +21,8 @@ from stages.backbones import (
     load_torchvision_checkpoint,
     map_shapes,
 )
-from stages.checkpoints import CheckpointError
-from stages.slowfast import SlowFast, SlowFastConfig
+from stages.models.checkpoints import CheckpointError
+from stages.models.slowfast import SlowFast, SlowFastConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -179,7 +179,7 @@ def test_mvit_equals_torchvision_at_its_native_size(tmp_path: Path) -> None:
 
 
 def test_other_sizes_interpolate_rel_pos_with_a_warning(mvit: MViTv2Extractor, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="stages.backbones"):
+    with caplog.at_level(logging.WARNING, logger="stages.models.backbones"):
         mvit(torch.randn(1, 3, 2, 32, 48))
         mvit(torch.randn(1, 3, 2, 32, 48))
     warnings = [r for r in caplog.records if "interpolated" in r.getMessage()]

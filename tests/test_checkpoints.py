@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.checkpoints import (
+from stages.data.safe_pickle import UnsafePickleError
+from stages.models.checkpoints import (
     LAYOUTS,
     CheckpointError,
     convert,
@@ -37,8 +38,7 @@ from stages.checkpoints import (
     read_checkpoint,
     render,
 )
-from stages.safe_pickle import UnsafePickleError
-from stages.slowfast import SlowFast, SlowFastConfig
+from stages.models.slowfast import SlowFast, SlowFastConfig
 
 logger = logging.getLogger(__name__)
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.act_io import dense_dataset_from_dict
-from stages.ava_io import LabelMap
-from stages.dense import dense_annotations, label_ids, per_frame_detections, split_videos
+from stages.data.act import dense_dataset_from_dict
+from stages.data.ava import LabelMap
+from stages.data.dense import dense_annotations, label_ids, per_frame_detections, split_videos
 
 
 @pytest.fixture()

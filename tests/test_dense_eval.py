@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.act_io import DenseDataset, dense_dataset_from_dict
-from stages.dense_eval import (
+from stages.data.act import DenseDataset, dense_dataset_from_dict
+from stages.metrics.dense import (
     PROTOCOLS,
     average_precision,
     default_protocol,
@@ -27,7 +27,7 @@ from stages.dense_eval import (
     tube_iou,
     video_map,
 )
-from stages.tubes import DETECTION_COLUMNS, Tube
+from stages.metrics.tubes import DETECTION_COLUMNS, Tube
 
 BOX = (0.0, 0.0, 10.0, 10.0)
 FAR = (20.0, 20.0, 40.0, 40.0)
@@ -533,7 +533,7 @@ def pinned_case() -> tuple[DenseDataset, pd.DataFrame, list[Tube]]:
 
 
 # Outputs of the reference evaluators on pinned_case() (MultiSports' evaluate_multisports.py; MOC-Detector's
-# ACT.py frameAP / videoAP with its 3D NMS), as fractions: see the module docstring of stages.dense_eval.
+# ACT.py frameAP / videoAP with its 3D NMS), as fractions: see the module docstring of stages.metrics.dense.
 PINNED_REFERENCE: dict = {
     "ms_frame": 0.37765188984852044,
     "act_frame": 0.41242160797119143,

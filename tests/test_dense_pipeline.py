@@ -6,7 +6,7 @@ import json
 
 from cache_spec.store import open_store
 from pipeline.config import evaluate_config, extract_config, train_config
-from stages.act_io import read_dense_dataset
+from stages.data.act import read_dense_dataset
 from stages.evaluate import evaluate
 from stages.extract import extract
 from stages.train import train

@@ -19,19 +19,12 @@ from torchvision.models import resnet18
 from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, fasterrcnn_resnet50_fpn_v2
 from torchvision.ops import box_iou
 
-from stages.ava_io import read_annotations, read_predicted_boxes
-from stages.checkpoints import CheckpointError
-from stages.detect import (
-    DetectConfig,
-    _prepare_parts,
-    _unwrap_state_dict,
-    build_detector,
-    detect,
-    evaluate_detections,
-    load_detector_checkpoint,
-    person_detections,
-)
-from stages.synth import SynthConfig, generate
+from stages.data.ava import read_annotations, read_predicted_boxes
+from stages.data.synth import SynthConfig, generate
+from stages.detect import DetectConfig, _prepare_parts, detect
+from stages.metrics.detection import evaluate_detections
+from stages.models.checkpoints import CheckpointError
+from stages.models.detector import _unwrap_state_dict, build_detector, load_detector_checkpoint, person_detections
 
 PERSON_SCORE = float(torch.sigmoid(torch.tensor(6.0)))  # softmax over (background 0, person 6)
 

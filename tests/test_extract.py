@@ -13,7 +13,7 @@ from cache_spec.reader import ClipBatchLoader
 from cache_spec.store import StoreMismatchError, open_store
 from cache_spec.views import CONTEXT_MAP, ROI_POOLED, ROI_SPATIAL
 from pipeline.config import extract_config
-from stages.ava_io import read_annotations
+from stages.data.ava import read_annotations
 from stages.extract import compute_views, extract
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from pipeline.config import extract_config, finetune_config
-from stages.backbones import BackboneConfig, load_backbone
-from stages.checkpoints import CheckpointError
 from stages.finetune import finetune
-from stages.slowfast import SlowFast, SlowFastConfig
+from stages.models.backbones import BackboneConfig, load_backbone
+from stages.models.checkpoints import CheckpointError
+from stages.models.slowfast import SlowFast, SlowFastConfig
 
 
 def test_finetuned_checkpoint_changes_the_weights_and_loads_into_extract(tiny_params, tmp_path):

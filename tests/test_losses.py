@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stages.losses import ActionLoss
+from stages.models.losses import ActionLoss
 
 
 def test_bce_is_mean_sigmoid_cross_entropy():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.safe_pickle import UnsafePickleError, load_pickle
+from stages.data.safe_pickle import UnsafePickleError, load_pickle
 
 
 def _payload() -> dict:

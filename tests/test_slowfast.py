@@ -13,7 +13,7 @@ with import stubs for fvcore/pytorchvideo/detectron2 (config container, registry
 Three more were made the same way from the references' unmodified sources (PySlowFast with the real fvcore/yacs;
 mmaction2 with mmcv-lite 2.2.0 / mmengine 0.10.7; ACAR-Net's ``models/backbones/slowfast.py``), each loaded with
 ``_formula_state_dict`` weights of our model's keys (renamed into the reference's layout by
-``stages.checkpoints.render`` and loaded there with ``strict=True``) and run on ``_formula_input``:
+``stages.models.checkpoints.render`` and loaded there with ``strict=True``) and run on ``_formula_input``:
 
 - ``pyslowfast_small_nonlocal_forward.npz``: PySlowFast, AVA yaml with depths (1, 1, 2, 1), width 8,
   ``NONLOCAL.LOCATION`` res3 slow [0], res4 slow [1] and fast [0] (``_NL_LOCATION``); ``dot_product`` with POOL
@@ -39,8 +39,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.backbones import pool_context
-from stages.slowfast import (
+from stages.models.backbones import pool_context
+from stages.models.slowfast import (
     SlowFast,
     SlowFastConfig,
     roi_pool_features,

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.act_io import read_dense_dataset
-from stages.ava_io import (
+from stages.data.act import read_dense_dataset
+from stages.data.ava import (
     BOX_COLUMNS,
     read_annotations,
     read_excluded_timestamps,
     read_label_map,
     read_predicted_boxes,
 )
-from stages.synth import (
+from stages.data.synth import (
     DENSE_LABELS,
     GIVE,
     LISTEN,

@@ -15,10 +15,11 @@ from cache_spec.store import open_store
 from heads import build_head
 from pipeline.cli import app
 from pipeline.config import ParamsError, evaluate_config, extract_config, train_config
-from stages.ava_io import read_label_map, read_predicted_boxes
+from stages.data.ava import read_label_map, read_predicted_boxes
 from stages.evaluate import class_prior, evaluate
 from stages.extract import extract
-from stages.train import load_head, multi_hot, predict, train
+from stages.models.trained_head import load_head, multi_hot, predict
+from stages.train import train
 from tests.conftest import write_params
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.tubes import DETECTION_COLUMNS, LinkParams, link_tubes, soft_nms, tubes_from_frame, tubes_to_frame
+from stages.metrics.tubes import DETECTION_COLUMNS, LinkParams, link_tubes, soft_nms, tubes_from_frame, tubes_to_frame
 
 P0 = LinkParams(area_offset=0.0)
 

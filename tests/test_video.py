@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.video import (
+from stages.data.video import (
     ClipSampling,
     VideoDecodeError,
     clip_frame_indices,

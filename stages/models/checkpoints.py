@@ -1,4 +1,4 @@
-"""Import public SlowFast checkpoints into our SlowFast (``stages.slowfast``), whichever code base trained them.
+"""Import public SlowFast checkpoints into our SlowFast (``stages.models.slowfast``), whichever code base trained them.
 
 Each layout is an explicit two-way name mapping onto one structural description of a backbone tensor (a ``_Slot``:
 stem, lateral fusion, residual-block or non-local conv/BN; pathway, stage, block, tensor name), so ``convert`` and its
@@ -34,7 +34,7 @@ max-pools *after* the phi/g convs, has no ``conv_out`` bias when normed and othe
 config uses them).
 
 Files are read without running code from them: ``torch.load(weights_only=True)`` or the restricted unpickler of
-``stages.safe_pickle``; a file that needs more than that is refused, never re-read with full unpickling.
+``stages.data.safe_pickle``; a file that needs more than that is refused, never re-read with full unpickling.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from stages.safe_pickle import load_pickle
-from stages.slowfast import SlowFast
+from stages.data.safe_pickle import load_pickle
+from stages.models.slowfast import SlowFast
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -251,3 +255,57 @@ def preprocess_clip(clip: np.ndarray, sampling: ClipSampling) -> tuple[torch.Ten
     canvas_h, canvas_w = sampling.canvas
     frames = F.pad(frames, (0, canvas_w - new_w, 0, canvas_h - new_h), value=0.0)
     return frames.permute(1, 0, 2, 3).contiguous(), (new_h, new_w), scale
+
+
+def decode_clips(
+    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False, unit: str = "seconds"
+) -> Iterator[tuple[int, torch.Tensor | None, str]]:
+    """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
+
+    A video that fails to decode yields None (with the error) for its clips not yet produced, so one corrupt
+    file costs its own clips only.
+    """
+    for video, group in clips.groupby("video_id", sort=False):
+        indices = group["clip_index"].to_numpy()
+        path = video_dir / f"{video}.mp4"
+        done: set[int] = set()
+        try:
+            seconds = group["timestamp"].to_numpy(np.float64)
+            if unit == "frames":  # 1-based frame numbers of the dense data sets
+                seconds = (seconds - 1) / video_info(path)[1]
+            ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
+            for ts, frames in iter_keyframe_clips(path, list(ts_to_index), sampling):
+                done.add(ts_to_index[ts])
+                if flip:
+                    frames = frames[:, :, ::-1]
+                yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
+        except VideoDecodeError as err:
+            logger.warning("skipping the rest of %s: %s", video, err)
+            for index in indices.tolist():
+                if index not in done:
+                    yield index, None, str(err)
+
+
+T = TypeVar("T")
+
+
+def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
+    """Run a generator in a thread, handing items over through a bounded queue (errors re-raised here)."""
+    q: queue.Queue = queue.Queue(maxsize=maxsize)
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            q.put(err)
+        q.put(end)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while (item := q.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()

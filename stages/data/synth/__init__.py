@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.act_io import DenseDataset, dense_dataset_from_dict, write_dense_dataset
-from stages.ava_io import (
+from stages.data.act import DenseDataset, dense_dataset_from_dict, write_dense_dataset
+from stages.data.ava import (
     OBJECT,
     PERSON,
     POSE,

@@ -15,7 +15,7 @@ backbone                  channels  stride  t-stride   map
 ``mc3_18``                (512,)    16      1          layer4; layers 2-4 are 2D, so time is kept
 ``mvit_v2_s``             (384,)    16      2          output of block 13 (end of the stride-16 stage)
 ``csn``                   (2048,)   16      8          ir-CSN-152 res5, dilated (ours, see CSNConfig)
-``slowfast``              (C_s,C_f) 16/32   (alpha,1)  our SlowFast (stages.slowfast), adapted
+``slowfast``              (C_s,C_f) 16/32   (alpha,1)  our SlowFast (stages.models.slowfast), adapted
 ========================  ========  ======  =========  ===============================================
 
 Clips must have H and W divisible by ``stride`` and T divisible by every temporal stride: all these networks pad
@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 from torchvision.models import video as tv_video
 
-from stages.checkpoints import CheckpointError, load_backbone_checkpoint
-from stages.slowfast import SlowFast, SlowFastConfig
+from stages.models.checkpoints import CheckpointError, load_backbone_checkpoint
+from stages.models.slowfast import SlowFast, SlowFastConfig
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class CSNExtractor(nn.Module):
 class SlowFastBackbone(nn.Module):
     """Our two-pathway SlowFast seen through :class:`VideoBackbone`: (slow, fast) maps, temporal strides (alpha, 1).
 
-    Checkpoints load into ``.model`` with ``stages.checkpoints`` (PySlowFast names), not with the torchvision loader.
+    Checkpoints load into ``.model`` with ``stages.models.checkpoints`` (PySlowFast names), not the torchvision loader.
     """
 
     def __init__(self, model: SlowFast) -> None:
@@ -473,7 +473,7 @@ def pool_context(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 def load_backbone(config: BackboneConfig) -> tuple[nn.Module, str]:
     """The backbone in eval mode and a digest of its weights' origin (for the store fingerprint).
 
-    SlowFast checkpoints load through ``stages.checkpoints`` (PySlowFast and the other public layouts); the
+    SlowFast checkpoints load through ``stages.models.checkpoints`` (PySlowFast and the other public layouts); the
     torchvision backbones and CSN through :func:`load_torchvision_checkpoint`. Both read weights only.
     """
     torch.manual_seed(config.seed)

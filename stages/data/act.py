@@ -5,7 +5,7 @@ The pickle is a dict with ``labels`` (class names, index = label id), ``train_vi
 (video -> frame count), ``resolution`` (video -> (height, width)) and ``gttubes`` (video -> label id ->
 list of tubes, each an array of rows ``(frame, x1, y1, x2, y2)`` in pixels with 1-based frames).
 
-Files come from users, so they are read with :func:`stages.safe_pickle.load_pickle` (nothing in them is
+Files come from users, so they are read with :func:`stages.data.safe_pickle.load_pickle` (nothing in them is
 executed) and validated up front: every error names the file and the offending video / label / tube,
 which is what one needs to fix a 3,000-video annotation by hand. Evaluation code downstream assumes what
 is checked here (frames sorted, inside the video, boxes not inverted) instead of re-checking it.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.safe_pickle import UnsafePickleError, load_pickle
+from stages.data.safe_pickle import UnsafePickleError, load_pickle
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stages.act_io import DenseDataset
-from stages.tubes import DETECTION_COLUMNS, Tube
+from stages.data.act import DenseDataset
+from stages.metrics.tubes import DETECTION_COLUMNS, Tube
 
 logger = logging.getLogger(__name__)
 

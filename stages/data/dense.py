@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.act_io import DenseDataset, read_dense_dataset
-from stages.ava_io import LabelMap
+from stages.data.act import DenseDataset, read_dense_dataset
+from stages.data.ava import LabelMap
 
 SUBSETS = {"train": "train", "val": "test", "test": "test"}
 
@@ -74,7 +74,7 @@ def dense_annotations(
 def per_frame_detections(
     boxes: pd.DataFrame, scores: np.ndarray, dataset: DenseDataset, ids: Sequence[int], class_ids: Sequence[int]
 ) -> pd.DataFrame:
-    """Per-frame detections (``stages.tubes.DETECTION_COLUMNS``) from per-box class scores.
+    """Per-frame detections (``stages.metrics.tubes.DETECTION_COLUMNS``) from per-box class scores.
 
     ``boxes`` has video_id, timestamp (frame) and normalised x1..y2 per scored row; ``scores`` [n, len(class_ids)]
     follows ``class_ids`` (a head's columns); only the data set's labels are kept, as 0-based label indices.
