@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torchvision.ops import box_iou
 
 from stages.data.act import read_dense_dataset
 from stages.data.ava import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
 from stages.data.dense import dense_annotations, dense_paths, label_ids, split_videos
 from stages.data.video import ClipSampling, VideoDecodeError, video_info
+from stages.metrics.boxes import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +112,15 @@ def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd
     labels: list[list[int]] = [[] for _ in range(len(out))]
     gt_rows = gt_boxes.groupby(["video_id", "timestamp"]).indices
     coords = ["x1", "y1", "x2", "y2"]
-    det_xy, gt_xy = torch.tensor(out[coords].to_numpy()), torch.tensor(gt_boxes[coords].to_numpy())
+    det_xy, gt_xy = out[coords].to_numpy(np.float64), gt_boxes[coords].to_numpy(np.float64)
     gt_labels, gt_person = gt_boxes["labels"].to_numpy(), gt_boxes["person_id"].to_numpy()
     for key, rows in out.groupby(["video_id", "timestamp"]).indices.items():
         candidates = gt_rows.get(key)
         if candidates is None:
             continue
-        best_iou, best = box_iou(det_xy[rows], gt_xy[candidates]).max(dim=1)
-        for row, j in zip(
-            rows[(best_iou >= min_iou).numpy()], candidates[best[best_iou >= min_iou].numpy()], strict=True
-        ):
+        iou = iou_matrix(det_xy[rows], gt_xy[candidates])
+        best, best_iou = iou.argmax(axis=1), iou.max(axis=1)
+        for row, j in zip(rows[best_iou >= min_iou], candidates[best[best_iou >= min_iou]], strict=True):
             labels[row] = list(gt_labels[j])
             person[row] = gt_person[j]
     out["person_id"], out["labels"] = person, labels

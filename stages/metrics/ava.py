@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from stages.metrics.boxes import iou_pairs
+
 logger = logging.getLogger(__name__)
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -224,16 +226,6 @@ def _cap_and_order(
 # matching and AP
 
 
-def _pair_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of [y1, x1, y2, x2] boxes, with the reference's exact floating-point operations."""
-    ih = np.maximum(0.0, np.minimum(det[:, 2], gt[:, 2]) - np.maximum(det[:, 0], gt[:, 0]))
-    iw = np.maximum(0.0, np.minimum(det[:, 3], gt[:, 3]) - np.maximum(det[:, 1], gt[:, 1]))
-    inter = ih * iw
-    area_d = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
-    area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    return inter / (area_d + area_g - inter)
-
-
 def _match(
     det_key: np.ndarray, det_box: np.ndarray, gt_key: np.ndarray, gt_box: np.ndarray, threshold: float
 ) -> np.ndarray:
@@ -254,7 +246,7 @@ def _match(
     pair_det = np.repeat(has, counts)
     seg_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     pair_gt = lo[pair_det] + np.arange(len(pair_det)) - np.repeat(seg_start, counts)
-    iou = _pair_iou(det_box[pair_det], gt_box[pair_gt])
+    iou = iou_pairs(det_box[pair_det], gt_box[pair_gt])  # [y1, x1, y2, x2] as the reference
     best = np.maximum.reduceat(iou, seg_start)
     hit = np.flatnonzero(iou == np.repeat(best, counts))
     first_hit = hit[np.append(True, pair_det[hit][1:] != pair_det[hit][:-1])]

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from stages.data.act import DenseDataset
+from stages.metrics.boxes import iou_pairs
 from stages.metrics.tubes import DETECTION_COLUMNS, Tube
 
 logger = logging.getLogger(__name__)
@@ -152,20 +153,6 @@ class DenseMapResult:
 # ----------------------------------------------------------------------------------------------- geometry
 
 
-def box_iou_pairs(a: np.ndarray, b: np.ndarray, area_offset: float) -> np.ndarray:
-    """IoU of row i of ``a`` with row i of ``b`` (x1, y1, x2, y2), the references' arithmetic.
-
-    ``area_offset`` 1 counts pixels inclusively (ACT: a box 0..9 is 10 wide), 0 is continuous (VOC).
-    """
-    w = np.maximum(0.0, np.minimum(a[:, 2] + area_offset, b[:, 2] + area_offset) - np.maximum(a[:, 0], b[:, 0]))
-    h = np.maximum(0.0, np.minimum(a[:, 3] + area_offset, b[:, 3] + area_offset) - np.maximum(a[:, 1], b[:, 1]))
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0] + area_offset) * (a[:, 3] - a[:, 1] + area_offset)
-    area_b = (b[:, 2] - b[:, 0] + area_offset) * (b[:, 3] - b[:, 1] + area_offset)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return inter / (area_a + area_b - inter)
-
-
 @dataclass(frozen=True)
 class _TubeTable:
     """Tubes packed for vectorised IoU: a dense row per frame from start to end (``present`` marks gaps)."""
@@ -222,7 +209,7 @@ def _tube_iou_pairs(
     frame = tmin[k][pid] + (np.arange(int(lk.sum())) - np.repeat(np.cumsum(lk) - lk, lk))
     ra = a.offset[ia[k]][pid] + frame - sa[k][pid]
     rb = b.offset[ib[k]][pid] + frame - sb[k][pid]
-    iou = box_iou_pairs(a.boxes[ra], b.boxes[rb], area_offset)
+    iou = iou_pairs(a.boxes[ra], b.boxes[rb], area_offset)
     iou = np.where(a.present[ra] & b.present[rb], iou, 0.0)
     spatial = np.bincount(pid, weights=iou, minlength=k.size) / lk
     inter = (tmax[k] - tmin[k] + temporal_offset).astype(np.float64)
@@ -476,7 +463,7 @@ def frame_map(
     dkey = np.where(dvid >= 0, (dvid * fmax + dframe) * nl + dlab, -1 - np.arange(len(dvid)))
 
     def pair_iou(pd_: np.ndarray, pg: np.ndarray) -> np.ndarray:
-        return box_iou_pairs(gboxes[pg], dboxes[pd_], p.area_offset)
+        return iou_pairs(gboxes[pg], dboxes[pd_], p.area_offset)
 
     return _evaluate(p, "frame", dataset.labels, dlab, dscore, dkey, glab, gkey, pair_iou, thresholds, {})
 

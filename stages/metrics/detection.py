@@ -9,6 +9,7 @@ import pandas as pd
 
 from stages.data.ava import BOX_COLUMNS
 from stages.metrics.ava import voc_average_precision
+from stages.metrics.boxes import iou_pairs
 
 
 def _keyframe_codes(frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
@@ -40,12 +41,8 @@ def _best_gt(
     pair_det = np.repeat(has, counts)
     seg = np.concatenate([[0], np.cumsum(counts)[:-1]])
     pair_gt = lo[pair_det] + np.arange(len(pair_det)) - np.repeat(seg, counts)
-    d, g = det_box[pair_det], gt_box[pair_gt]
-    iw = np.clip(np.minimum(d[:, 2], g[:, 2]) - np.maximum(d[:, 0], g[:, 0]), 0.0, None)
-    ih = np.clip(np.minimum(d[:, 3], g[:, 3]) - np.maximum(d[:, 1], g[:, 1]), 0.0, None)
-    inter = iw * ih
-    union = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou = iou_pairs(det_box[pair_det], gt_box[pair_gt])
+    iou = np.where(iou > 0, iou, 0.0)  # an empty or inverted pair (union <= 0) overlaps nothing
     seg_max = np.maximum.reduceat(iou, seg)
     hit = np.flatnonzero(iou == np.repeat(seg_max, counts))
     first = hit[np.append(True, pair_det[hit][1:] != pair_det[hit][:-1])]

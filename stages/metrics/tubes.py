@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from stages.metrics.boxes import iou_pairs
+
 logger = logging.getLogger(__name__)
 
 DETECTION_COLUMNS = ["video", "frame", "x1", "y1", "x2", "y2", "label", "score"]
@@ -106,16 +108,6 @@ def soft_nms(
     return np.argsort(new_scores)[::-1][:top_k], new_scores
 
 
-def _iou_to_box(boxes: np.ndarray, box: np.ndarray, area_offset: float) -> np.ndarray:
-    """IoU of each row of ``boxes`` with ``box`` (ACT's ``iou2d`` arithmetic, offset in the min as there)."""
-    w = np.maximum(0.0, np.minimum(boxes[:, 2] + area_offset, box[2] + area_offset) - np.maximum(boxes[:, 0], box[0]))
-    h = np.maximum(0.0, np.minimum(boxes[:, 3] + area_offset, box[3] + area_offset) - np.maximum(boxes[:, 1], box[1]))
-    inter = w * h
-    area_b = (boxes[:, 2] - boxes[:, 0] + area_offset) * (boxes[:, 3] - boxes[:, 1] + area_offset)
-    area_1 = (box[2] - box[0] + area_offset) * (box[3] - box[1] + area_offset)
-    return inter / (area_b + area_1 - inter)
-
-
 # ----------------------------------------------------------------------------------------------- linking
 
 
@@ -154,7 +146,7 @@ def _link_one(
         for it, tube in enumerate(active):
             valid = np.zeros(0, dtype=np.int64)
             if len(cand_scores):
-                valid = np.flatnonzero(_iou_to_box(cand_boxes, tube.boxes[-1], p.area_offset) >= p.link_iou)
+                valid = np.flatnonzero(iou_pairs(cand_boxes, tube.boxes[-1], p.area_offset) >= p.link_iou)
             if valid.size:
                 j = valid[np.argmax(cand_scores[valid])]
                 tube.frames.append(f)
