@@ -132,7 +132,7 @@ def test_r2plus1d_checkpoint_gives_torchvision_layer4(r2p1d: R2Plus1DExtractor, 
     reference = r2plus1d_18(weights=None).eval()
     _perturb_(reference, seed=2)
     report = load_torchvision_checkpoint(r2p1d, _save(reference.state_dict(), tmp_path / "r2p1d.pth"))
-    assert report.ignored == ("fc.bias", "fc.weight") and not report.missing and not report.unexpected
+    assert report.ignored == ["fc.bias", "fc.weight"] and not report.missing and not report.unexpected
 
     captured: list[torch.Tensor] = []
     reference.layer4.register_forward_hook(lambda _m, _i, out: captured.append(out))
@@ -221,7 +221,7 @@ def test_containers_prefixes_and_key_reports(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"missing keys: layer4\..*more.*1 unexpected keys: extra.weight"):
         load_torchvision_checkpoint(CSNExtractor(CSNConfig.small()), path)
     report = load_torchvision_checkpoint(CSNExtractor(CSNConfig.small()), path, strict=False)
-    assert report.unexpected == ("extra.weight",) and all(k.startswith("layer4.") for k in report.missing)
+    assert report.unexpected == ["extra.weight"] and all(k.startswith("layer4.") for k in report.missing)
 
 
 def test_unsafe_or_odd_files_are_refused(tmp_path: Path) -> None:

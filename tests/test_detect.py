@@ -23,8 +23,8 @@ from stages.data.ava import read_annotations, read_predicted_boxes
 from stages.data.synth import SynthConfig, generate
 from stages.detect import DetectConfig, _prepare_parts, detect
 from stages.metrics.detection import evaluate_detections
-from stages.models.checkpoints import CheckpointError
-from stages.models.detector import _unwrap_state_dict, build_detector, load_detector_checkpoint, person_detections
+from stages.models.checkpoints import CheckpointError, tensor_state_dict
+from stages.models.detector import build_detector, load_detector_checkpoint, person_detections
 
 PERSON_SCORE = float(torch.sigmoid(torch.tensor(6.0)))  # softmax over (background 0, person 6)
 
@@ -246,11 +246,11 @@ def test_class_count_mismatch_names_the_fix(data: Path, checkpoint: Path, tmp_pa
 
 def test_state_dict_wrappers() -> None:
     t = torch.zeros(1)
-    assert _unwrap_state_dict({"a": t}, Path("c")) == {"a": t}
-    assert _unwrap_state_dict({"model": {"a": t}, "epoch": 3}, Path("c")) == {"a": t}
-    assert _unwrap_state_dict({"state_dict": {"module.a": t}}, Path("c")) == {"a": t}
+    assert tensor_state_dict({"a": t}, Path("c")) == {"a": t}
+    assert tensor_state_dict({"model": {"a": t}, "epoch": 3}, Path("c")) == {"a": t}
+    assert tensor_state_dict({"state_dict": {"module.a": t}}, Path("c")) == {"a": t}
     with pytest.raises(CheckpointError, match="not tensors: epoch"):
-        _unwrap_state_dict({"a": t, "epoch": 3}, Path("c"))
+        tensor_state_dict({"a": t, "epoch": 3}, Path("c"))
 
 
 # ----------------------------------------------------------------------------------------------- person AP / AR

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -35,17 +36,22 @@ import torch
 import torch.nn as nn
 from torchvision.models import video as tv_video
 
-from stages.models.checkpoints import CheckpointError, load_backbone_checkpoint
+from stages.models.checkpoints import (
+    CheckpointError,
+    LoadReport,
+    listing,
+    load_backbone_checkpoint,
+    read_checkpoint,
+    tensor_state_dict,
+)
 from stages.models.slowfast import SlowFast, SlowFastConfig
 
 logger = logging.getLogger(__name__)
 
-BACKBONES: tuple[str, ...] = ("r2plus1d_18", "r3d_18", "mc3_18", "mvit_v2_s", "csn", "slowfast")
 _VIDEO_RESNETS = {"r2plus1d_18": tv_video.r2plus1d_18, "r3d_18": tv_video.r3d_18, "mc3_18": tv_video.mc3_18}
 # Temporal stride of layer4 in torchvision's VideoResNets: stem stride 1 in time; r3d/r(2+1)d stride 2 in time in
 # layers 2-4; mc3's layers 2-4 are Conv3DNoTemporal (stride 1 in time).
 _VIDEO_RESNET_TSTRIDE = {"r2plus1d_18": 8, "r3d_18": 8, "mc3_18": 1}
-_MAX_LISTED = 8
 
 
 @runtime_checkable
@@ -316,57 +322,46 @@ class SlowFastBackbone(nn.Module):
 
 
 # ---- factory --------------------------------------------------------------------------------------------------------
+def _fixed_architecture(name: str, factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
+    """A builder for a torchvision model, whose architecture its checkpoints fix: it takes no options."""
+
+    def build(**options: Any) -> nn.Module:
+        if options:
+            raise TypeError(f"backbone {name!r} takes no options, got {sorted(options)}")
+        return factory()
+
+    return build
+
+
+def _csn(**options: Any) -> nn.Module:
+    return CSNExtractor(options.pop("config", None) or CSNConfig(**options))
+
+
+def _slowfast(**options: Any) -> nn.Module:
+    return SlowFastBackbone(SlowFast(options.pop("config", None) or SlowFastConfig(**options)))
+
+
+# The registry, like heads.HEADS: name -> builder taking the architecture options.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    **{name: _fixed_architecture(name, partial(VideoResNetExtractor, name)) for name in _VIDEO_RESNETS},
+    "mvit_v2_s": _fixed_architecture("mvit_v2_s", MViTv2Extractor),
+    "csn": _csn,
+    "slowfast": _slowfast,
+}
+
+
 def build_backbone(name: str, **options: Any) -> nn.Module:
     """A backbone by name (see ``BACKBONES``), randomly initialised; options go to its config.
 
     ``csn`` takes :class:`CSNConfig` fields (or ``config=``); ``slowfast`` takes ``config=SlowFastConfig(...)`` or
     its fields; the torchvision models take none (their architecture is fixed by their checkpoints).
     """
-    if name in _VIDEO_RESNETS or name == "mvit_v2_s":
-        if options:
-            raise TypeError(f"backbone {name!r} takes no options, got {sorted(options)}")
-        return MViTv2Extractor() if name == "mvit_v2_s" else VideoResNetExtractor(name)
-    if name == "csn":
-        return CSNExtractor(options.pop("config", None) or CSNConfig(**options))
-    if name == "slowfast":
-        return SlowFastBackbone(SlowFast(options.pop("config", None) or SlowFastConfig(**options)))
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {tuple(BACKBONES)}")
+    return BACKBONES[name](**options)
 
 
 # ---- torchvision checkpoints ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadReport:
-    """What a checkpoint load did: ``ignored`` are keys of parts the extractor drops by design (head, later stages)."""
-
-    loaded: int
-    ignored: tuple[str, ...]
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-
-
-def _listing(keys: list[str] | tuple[str, ...]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return shown + (f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
-
-
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The tensor mapping inside a loaded file: plain, or under "state_dict" / "model"; DataParallel prefix removed."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: expected a state dict (or one under 'state_dict'/'model'), got {type(obj)}")
-    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(not_tensors)}")
-    state = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
-
-
 def load_torchvision_checkpoint(extractor: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
     """Load a torchvision-format state dict (``model.state_dict()`` of the torchvision model) into an extractor.
 
@@ -376,11 +371,7 @@ def load_torchvision_checkpoint(extractor: nn.Module, path: str | Path, strict: 
     architecture (r3d_18 into r2plus1d_18) never half-loads.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # weights_only refusals, truncated zips, non-torch files
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch file ({err})") from err
-    state = _state_dict_of(obj, path)
+    state = tensor_state_dict(read_checkpoint(path), path)
     dropped = tuple(getattr(extractor, "checkpoint_dropped", ()))
     ignored = tuple(sorted(k for k in state if k.startswith(dropped)))
     ours = extractor.state_dict()
@@ -401,27 +392,33 @@ def load_torchvision_checkpoint(extractor: nn.Module, path: str | Path, strict: 
                 "16x224x224, so a checkpoint trained at another size does not fit)"
             )
         raise CheckpointError(
-            f"{path} does not fit {name}: {len(mismatched)} shape mismatch(es): {_listing(mismatched)}{hint}; "
+            f"{path} does not fit {name}: {len(mismatched)} shape mismatch(es): {listing(mismatched)}{hint}; "
             f"also {len(missing)} missing, {len(unexpected)} unexpected keys"
         )
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        problems.append(f"{len(missing)} missing keys: {listing(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys: {listing(unexpected)}")
     if problems and strict:
         raise CheckpointError(f"{path} does not fit {name}: " + "; ".join(problems))
     for problem in problems:
         logger.warning("%s into %s: %s", path, name, problem)
     extractor.load_state_dict(wanted, strict=False)
-    report = LoadReport(len(wanted) - len(unexpected), ignored, missing, unexpected)
+    report = LoadReport(
+        layout="torchvision",
+        sources={k: k for k in wanted if k in ours},
+        ignored=list(ignored),
+        missing=list(missing),
+        unexpected=list(unexpected),
+    )
     logger.info(
         "loaded %d tensors from %s into %s; ignored %d of dropped parts (%s)",
         report.loaded,
         path,
         name,
         len(ignored),
-        _listing(ignored),
+        listing(ignored),
     )
     return report
 
@@ -477,10 +474,8 @@ def load_backbone(config: BackboneConfig) -> tuple[nn.Module, str]:
     torchvision backbones and CSN through :func:`load_torchvision_checkpoint`. Both read weights only.
     """
     torch.manual_seed(config.seed)
-    if config.name == "slowfast":
-        backbone = SlowFastBackbone(SlowFast(config.slowfast_config()))
-    else:
-        backbone = build_backbone(config.name, **dict(config.options))
+    options = {"config": config.slowfast_config()} if config.name == "slowfast" else dict(config.options)
+    backbone = build_backbone(config.name, **options)
     if config.checkpoint is None:
         return backbone.eval(), f"random-init(seed={config.seed})"
     path = Path(config.checkpoint)

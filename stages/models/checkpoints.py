@@ -43,7 +43,7 @@ import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -355,8 +355,8 @@ _LAYOUTS: dict[str, _Layout] = {
 
 
 @dataclass
-class ConversionReport:
-    """What a conversion did with every source key, and what the target lacks."""
+class LoadReport:
+    """What a checkpoint load did with every source key, and what the target lacks (every loader returns one)."""
 
     layout: str
     prefix: str = ""
@@ -369,19 +369,23 @@ class ConversionReport:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def mapped(self) -> int:
+    def loaded(self) -> int:
         return len(self.sources)
 
     def summary(self) -> str:
         return (
-            f"{self.layout} checkpoint (prefix {self.prefix!r}): {self.mapped} tensors mapped, {len(self.heads)} head "
+            f"{self.layout} checkpoint (prefix {self.prefix!r}): {self.loaded} tensors mapped, {len(self.heads)} head "
             f"keys dropped, {len(self.ignored)} bookkeeping keys ignored, {len(self.unmapped)} unmapped, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
         )
 
 
-def _unwrap(obj: Any) -> tuple[Mapping[str, Any], str]:
-    """The flat name -> tensor mapping inside a checkpoint file's dict, and the container key it was under."""
+def unwrap_state_dict(obj: Any) -> tuple[Mapping[str, Any], str]:
+    """The flat name -> tensor mapping inside a checkpoint file's dict, and the container key it was under.
+
+    Training scripts save the weights plain or under one of ``model_state`` (PySlowFast), ``state_dict`` (mmaction2,
+    torchvision references), ``model`` (detectron-style), ``module``; Caffe2 pickles under ``blobs``.
+    """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict, got {type(obj).__name__}")
     if isinstance(obj.get("blobs"), Mapping):
@@ -391,6 +395,29 @@ def _unwrap(obj: Any) -> tuple[Mapping[str, Any], str]:
         if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
             return inner, key
     return obj, ""
+
+
+def tensor_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A torch state dict from a file's contents: unwrapped, tensors only, DataParallel's ``module.`` removed."""
+    try:
+        state, _ = unwrap_state_dict(obj)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if not state:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{path}: entries that are not tensors: {listing(not_tensors)}")
+    out = {str(k): v for k, v in state.items()}
+    if all(k.startswith("module.") for k in out):
+        out = {k.removeprefix("module."): v for k, v in out.items()}
+    return out
+
+
+def listing(keys: Sequence[str], shown: int = 8) -> str:
+    """The first keys of a long list for an error message, and how many more there are."""
+    head = ", ".join(keys[:shown])
+    return head + (f" ... and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def _decoded(layout: _Layout, prefix: str, key: str) -> _Slot | None:
@@ -407,7 +434,7 @@ def _best_prefix(layout: _Layout, keys: Iterable[str]) -> tuple[str, int]:
 
 def detect_layout(state_dict: Mapping[str, Any]) -> str:
     """Which of ``LAYOUTS`` a checkpoint (a file's top-level dict, or the bare state dict in it) is written in."""
-    flat, container = _unwrap(state_dict)
+    flat, container = unwrap_state_dict(state_dict)
     if container == "blobs":
         return "caffe2"
     scores = {name: _best_prefix(layout, flat)[1] for name, layout in _LAYOUTS.items()}
@@ -478,7 +505,7 @@ def _to_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.array(value))  # copies: Caffe2 arrays unpickle read-only
 
 
-def _notes(report: ConversionReport, layout: _Layout, slots: Iterable[_Slot]) -> list[str]:
+def _notes(report: LoadReport, layout: _Layout, slots: Iterable[_Slot]) -> list[str]:
     """Which ``SlowFastConfig`` setting a structural mismatch points to."""
     notes = []
     if layout.nonlocal_ is not None and any(layout.nonlocal_.search(k) for k in report.unmapped):
@@ -503,19 +530,19 @@ def _notes(report: ConversionReport, layout: _Layout, slots: Iterable[_Slot]) ->
 
 def convert(
     state_dict: Mapping[str, Any], layout: str = "auto", target: Iterable[str] | None = None
-) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """A checkpoint in ``layout`` -> (our state dict, report of unmapped / head / missing keys).
 
     ``missing`` is checked against ``target`` (our model's keys) when given, else against the SlowFast implied by
     the checkpoint (stage depths, lateral BN, non-local blocks). ``num_batches_tracked`` is never reported missing.
     """
-    flat, _ = _unwrap(state_dict)
+    flat, _ = unwrap_state_dict(state_dict)
     name = detect_layout(flat) if layout == "auto" else layout
     if name not in _LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
     spec = _LAYOUTS[name]
     prefix, _ = _best_prefix(spec, flat)
-    report = ConversionReport(layout=name, prefix=prefix)
+    report = LoadReport(layout=name, prefix=prefix)
     ours: dict[str, torch.Tensor] = {}
     slots: list[_Slot] = []
     for key, value in flat.items():
@@ -583,16 +610,18 @@ def read_checkpoint(path: Path | str) -> Any:
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True): the file pickles objects other than "
-            f"tensors and plain containers ({first_line}). Loading it fully would run code from the file, which "
-            "this loader never does; re-save just its state dict (torch.save(checkpoint['model_state'], ...)) "
-            "where you trust the file."
+            f"{path}: cannot be read as a weights-only torch file (torch.load(weights_only=True)): the file pickles "
+            f"objects other than tensors and plain containers ({first_line}). Loading it fully would run code from "
+            "the file, which this loader never does; re-save just its state dict "
+            "(torch.save(checkpoint['model_state'], ...)) where you trust the file."
         ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # truncated zips, files of other formats
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch file ({error})") from None
 
 
 def load_backbone_checkpoint(
     model: SlowFast, path: Path | str, layout: str = "auto", strict: bool = True
-) -> ConversionReport:
+) -> LoadReport:
     """Load a public SlowFast checkpoint into ``model``; returns the conversion report (also logged).
 
     Shape mismatches are always refused, naming the key and both shapes. With ``strict`` (default) a checkpoint

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn_v2
 from torchvision.ops import clip_boxes_to_image, nms
 
 from stages.data.ava import BOX_COLUMNS
-from stages.models.checkpoints import CheckpointError, read_checkpoint
+from stages.models.checkpoints import CheckpointError, listing, read_checkpoint, tensor_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class DetectorSettings(Protocol):
 ARCHITECTURE = "fasterrcnn_resnet50_fpn_v2"
 
 
-_SHOWN_KEYS = 5  # how many keys an architecture error lists before "and N more"
+_SHOWN_KEYS = 5  # how many keys an architecture error lists before "... and N more"
 
 
 _OPTIONAL_KEYS = ("num_batches_tracked",)  # BatchNorm counters: unused at inference, absent from some saves
@@ -63,31 +63,6 @@ def build_detector(config: DetectorSettings) -> FasterRCNN:
     )
 
 
-def _unwrap_state_dict(contents: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Accept a plain state dict, {"model": sd} or {"state_dict": sd}; strip a DataParallel ``module.`` prefix."""
-    if isinstance(contents, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(contents.get(key), Mapping):
-                contents = contents[key]
-                break
-    if not isinstance(contents, Mapping) or not contents:
-        raise CheckpointError(
-            f"{path}: expected a state dict (or {{'model': sd}} / {{'state_dict': sd}}), got {type(contents).__name__}"
-        )
-    not_tensors = [str(k) for k, v in contents.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(not_tensors)}")
-    sd = {str(k): v for k, v in contents.items()}
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_SHOWN_KEYS])
-    return shown + (f" and {len(items) - _SHOWN_KEYS} more" if len(items) > _SHOWN_KEYS else "")
-
-
 def _architecture_hints(sd: Mapping[str, torch.Tensor], num_classes: int) -> list[str]:
     """Guesses at what the checkpoint is, so the error says what to change rather than only what differs."""
     hints = []
@@ -112,7 +87,7 @@ def load_detector_checkpoint(model: FasterRCNN, path: Path | str) -> None:
     checkpoint is recognisably something else (wrong class count, v1, MobileNet, a classifier).
     """
     path = Path(path)
-    sd = _unwrap_state_dict(read_checkpoint(path), path)
+    sd = tensor_state_dict(read_checkpoint(path), path)
     own = model.state_dict()
     missing = sorted(k for k in own.keys() - sd.keys() if k.rsplit(".", 1)[-1] not in _OPTIONAL_KEYS)
     unexpected = sorted(sd.keys() - own.keys())
@@ -124,7 +99,7 @@ def load_detector_checkpoint(model: FasterRCNN, path: Path | str) -> None:
     if missing or unexpected or mismatched:
         num_classes = model.roi_heads.box_predictor.cls_score.out_features
         problems = [
-            f"{len(keys)} {what}: {_listing(keys)}"
+            f"{len(keys)} {what}: {listing(keys, _SHOWN_KEYS)}"
             for what, keys in (
                 ("missing keys", missing),
                 ("unexpected keys", unexpected),
