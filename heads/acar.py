@@ -4,7 +4,7 @@ Figure, left to right (context-first order, the paper's default):
 
 1. ``conv_reduce`` (1x1, 2304 -> 1024, no bias) on the temporally pooled map; the actor is the 7x7 RoIAlign of
    the reduced map, max-pooled.
-2. First order (ACRN, ``heads.acrn``): [context, actor tiled] -> ``conv1`` 1x1 to 512 + ReLU -> ``conv2`` 3x3
+2. First order (ACRN, as ``heads.acrn``): [context, actor tiled] -> ``conv1`` 1x1 to 512 + ReLU -> ``conv2`` 3x3
    without padding + ReLU -> max pool 3, stride 2, pad 1.
 3. HR2O: ``depth`` modified non-local blocks; at every position, each actor attends over the first-order
    features of the actors of its clip (3x3 conv q/k/v, scale 1/sqrt(512)), then GroupNorm(1), ReLU, 3x3
@@ -47,7 +47,7 @@ from torch import nn
 from cache_spec.views import CLIP_EXTENT, CONTEXT_MAP, ROI_SPATIAL
 from heads._extent import clip_extent, extent_mask, masked_group_norm, masked_mean, pooled_extent
 from heads._grouping import ClipGroups, masked_softmax
-from heads.acrn import actor_context_conv
+from heads._layers import Classifier, actor_context_conv
 from heads.base import Head
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,23 @@ class ACARHead(Head):
     ``last_attention``: ``hr2o.{i}`` -> [n_boxes, h, w, max_actors] for the NL and Avg variants (context-first),
     [n_boxes, 1, 1, max_actors] for actor-first; the RN variant has no attention weights. Positions beyond a
     clip's extent attend uniformly (their features are zero) and mean nothing.
+
+    Args:
+        in_channels: channels of ``context_map`` and ``roi_spatial``, the store's ``C`` (SlowFast R50: 2304).
+        num_classes: number of action classes (80 for AVA).
+        reduce_width: channels out of ``conv_reduce``, the reduced map's C that the actor vector and the
+            context share (paper: 1024).
+        width: the first-order relation maps' channels, which HR2O keeps (paper: d = 512), and the width of
+            ``fc1``'s actor vector.
+        depth: HR2O blocks (paper: 2; ablations 1-3).
+        hr2o: the HR2O instantiation: ``"nl"`` non-local (paper), ``"avg"`` uniform attention, ``"rn"``
+            relation network.
+        order: ``"context_first"`` (paper) or ``"actor_first"`` (HR2O over the actor vectors, then the context).
+        kernel_size: the HR2O convolutions' kernel (paper: 3).
+        attn_dropout: dropout on each HR2O block's update, before the residual (paper: 0.2).
+        dropout: the classifier's dropout before ``fc2`` (reference: 0).
+        bias: whether ``fc2`` has a bias (reference: no).
+        downsample: the max pool 3, stride 2, pad 1 after the first-order convolutions (reference: yes).
     """
 
     views = (CONTEXT_MAP, ROI_SPATIAL, CLIP_EXTENT)
@@ -153,13 +170,13 @@ class ACARHead(Head):
         self,
         in_channels: int,
         num_classes: int,
-        reduce_dim: int = 1024,
-        hidden_dim: int = 512,
+        reduce_width: int = 1024,
+        width: int = 512,
         depth: int = 2,
         hr2o: HR2OKind = "nl",
         order: Order = "context_first",
         kernel_size: int = 3,
-        hr2o_dropout: float = 0.2,
+        attn_dropout: float = 0.2,
         dropout: float = 0.0,
         bias: bool = False,
         downsample: bool = True,
@@ -174,29 +191,28 @@ class ACARHead(Head):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.hr2o_kind, self.order = hr2o, order
-        self.conv_reduce = nn.Conv2d(in_channels, reduce_dim, 1, bias=False)
-        self.conv1 = nn.Conv2d(2 * reduce_dim, hidden_dim, 1, bias=False)
-        self.conv2 = nn.Conv2d(hidden_dim, hidden_dim, 3, bias=False)
+        self.conv_reduce = nn.Conv2d(in_channels, reduce_width, 1, bias=False)
+        self.conv1 = nn.Conv2d(2 * reduce_width, width, 1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, bias=False)
         self.downsample = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if downsample else nn.Identity()
         blocks: list[nn.Module] = []
         for _ in range(depth):
             if order == "actor_first":
-                blocks.append(HR2ONonLocal(reduce_dim, 1, hr2o_dropout, uniform=hr2o == "avg"))
+                blocks.append(HR2ONonLocal(reduce_width, 1, attn_dropout, uniform=hr2o == "avg"))
             elif hr2o == "rn":
-                blocks.append(HR2ORelation(reduce_dim, reduce_dim, hidden_dim, kernel_size))
+                blocks.append(HR2ORelation(reduce_width, reduce_width, width, kernel_size))
             else:
-                blocks.append(HR2ONonLocal(hidden_dim, kernel_size, hr2o_dropout, uniform=hr2o == "avg"))
+                blocks.append(HR2ONonLocal(width, kernel_size, attn_dropout, uniform=hr2o == "avg"))
         self.hr2o = nn.ModuleList(blocks)
-        self.fc1 = nn.Linear(reduce_dim, hidden_dim, bias=False)
-        self.fc2 = nn.Linear(2 * hidden_dim, num_classes, bias=bias)
-        self.dp = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(reduce_width, width, bias=False)
+        self.fc2 = Classifier(2 * width, num_classes, dropout, bias=bias)
         self.last_attention: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> ACARHead:
         if dims["H"] < 3 or dims["W"] < 3:
             raise ValueError(f"ACAR's unpadded 3x3 conv needs a map of at least 3x3, store has {dims['H']}x{dims['W']}")
-        return cls(dims["C"], num_classes, **options)
+        return super().from_dims(dims, num_classes, **options)
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         box_clip = box_clip.long()
@@ -217,7 +233,7 @@ class ACARHead(Head):
         first_extent = extent - 2
         x = F.relu(self.conv2(first))
         x = x * self._mask(first_extent[box_clip], x)  # ReLU'd: a zero never wins the max over a valid cell
-        x = self.downsample(x)  # [n_boxes, hidden, h, w]
+        x = self.downsample(x)  # [n_boxes, width, h, w]
         hr2o_extent = pooled_extent(first_extent, self.downsample)
         mask = self._mask(hr2o_extent[box_clip], x)
         x = x * mask
@@ -230,7 +246,7 @@ class ACARHead(Head):
                     x, attention[f"hr2o.{i}"] = block(x, groups, mask)
         self.last_attention = {name: w.detach() for name, w in attention.items()}
         out = torch.cat([F.relu(self.fc1(actor)), masked_mean(x, mask)], dim=1)
-        return self.fc2(self.dp(out))
+        return self.fc2(out)
 
     @staticmethod
     def _mask(extent: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

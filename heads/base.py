@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,11 +30,17 @@ class Head(nn.Module):
     # The class attribute is the default variant's set (what ``pipeline heads`` lists and extraction stores for
     # the head); a variant that reads other views sets ``self.views`` in ``__init__``, and training reads that.
     views: tuple[str, ...] = ()
+    # The store dimension the default ``from_dims`` passes as the constructor's first argument, ``in_channels``.
+    in_channels_dim: ClassVar[str] = "C"
 
     @classmethod
     def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> Head:
-        """Build the head sized for a store's dimensions (``C``, ``H``, ...), so it adapts to the backbone."""
-        raise NotImplementedError
+        """Build the head sized for a store's dimensions (``C``, ``H``, ...), so it adapts to the backbone.
+
+        The default is the common case, a constructor ``(in_channels, num_classes, **options)`` with
+        ``in_channels = dims[cls.in_channels_dim]``; a head sized by more than one dimension overrides it.
+        """
+        return cls(dims[cls.in_channels_dim], num_classes, **options)
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

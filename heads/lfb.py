@@ -1,7 +1,7 @@
 """The long-term feature bank operator (Wu et al., CVPR 2019), and STO: the operator restricted to one clip.
 
 Figure, left to right: short-term actor features S (``roi_pooled``) and long-term features L are each reduced
-to the latent width (512) by a linear layer; the feature bank operator (FBO) is ``depth`` (2) modified
+to the latent ``width`` (512) by a linear layer; the feature bank operator (FBO) is ``depth`` (2) modified
 non-local blocks, each ``S <- S + Dropout(W_out(ReLU(LayerNorm(softmax(theta(S) phi(L)^T / sqrt(d)) g(L)))))``
 with queries from S and keys/values from the unchanged L; the FBO output is concatenated with the original S
 and classified.
@@ -14,7 +14,6 @@ so the bank version (L = bank entries in a window around the clip) is a differen
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from torch import nn
 
 from cache_spec.views import ROI_POOLED
 from heads._grouping import ClipGroups, masked_softmax
+from heads._layers import Classifier
 from heads.base import Head
 
 
@@ -69,6 +69,14 @@ class ShortTermOperatorHead(Head):
     """STO: each actor attends (FBO-NL) to the actors of its own clip; [S, FBO(S, S)] is classified.
 
     ``last_attention``: ``fbo.{i}`` -> [n_boxes, max_actors] (the clip's actors in batch order, then padding).
+
+    Args:
+        in_channels: channels of ``roi_pooled``, the store's ``C`` (SlowFast R50: 2304).
+        num_classes: number of action classes (80 for AVA).
+        width: the latent width S and L are reduced to, and the non-local blocks' (LFB: 512).
+        depth: non-local blocks in the FBO (LFB: 2).
+        attn_dropout: dropout on each non-local block's update, before the residual (LFB: 0.2).
+        dropout: the classifier's dropout before the linear layer (0.5, as the SlowFast baseline).
     """
 
     views = (ROI_POOLED,)
@@ -77,22 +85,17 @@ class ShortTermOperatorHead(Head):
         self,
         in_channels: int,
         num_classes: int,
-        latent: int = 512,
+        width: int = 512,
         depth: int = 2,
-        nl_dropout: float = 0.2,
+        attn_dropout: float = 0.2,
         dropout: float = 0.5,
     ):
         super().__init__()
-        self.short_proj = nn.Linear(in_channels, latent)
-        self.long_proj = nn.Linear(in_channels, latent)
-        self.fbo = FeatureBankOperator(latent, depth, nl_dropout)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(in_channels + latent, num_classes)
+        self.short_proj = nn.Linear(in_channels, width)
+        self.long_proj = nn.Linear(in_channels, width)
+        self.fbo = FeatureBankOperator(width, depth, attn_dropout)
+        self.classifier = Classifier(in_channels + width, num_classes, dropout)
         self.last_attention: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> ShortTermOperatorHead:
-        return cls(dims["C"], num_classes, **options)
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         actor = views[ROI_POOLED].float()
@@ -101,4 +104,4 @@ class ShortTermOperatorHead(Head):
         long = groups.pad(self.long_proj(actor))
         out, attentions = self.fbo(short, long, groups.valid)
         self.last_attention = {f"fbo.{i}": groups.unpad(a).detach() for i, a in enumerate(attentions)}
-        return self.classifier(self.dropout(torch.cat([actor, groups.unpad(out)], dim=1)))
+        return self.classifier(torch.cat([actor, groups.unpad(out)], dim=1))

@@ -7,28 +7,28 @@ is done once by extraction and cached as ``roi_pooled``; this head is what remai
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
-from torch import nn
 
 from cache_spec.views import ROI_POOLED
+from heads._layers import Classifier
 from heads.base import Head
 
 
 class LinearHead(Head):
-    """Dropout then a linear classifier over ``roi_pooled``; every actor is scored on its own."""
+    """Dropout then a linear classifier over ``roi_pooled``; every actor is scored on its own.
+
+    Args:
+        in_channels: channels of ``roi_pooled``, the store's ``C`` (SlowFast R50: 2304, both pathways).
+        num_classes: number of action classes (80 for AVA).
+        dropout: the classifier's dropout before the linear layer (SlowFast: 0.5).
+    """
 
     views = (ROI_POOLED,)
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.5):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(in_channels, num_classes)
-
-    @classmethod
-    def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> LinearHead:
-        return cls(dims["C"], num_classes, **options)
+        self.classifier = Classifier(in_channels, num_classes, dropout)
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(views[ROI_POOLED].float()))
+        return self.classifier(views[ROI_POOLED].float())

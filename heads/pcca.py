@@ -2,69 +2,43 @@
 
 Figure, left to right: the person vector (``roi_pooled``) is the query; its context is the 9x9 RoIAlign over
 the person box enlarged 2x (``context_ext``), flattened to 81 key/value tokens. Both are projected to the
-width (1024). D = 3 post-LN cross-attention layers with 8 heads follow (eq. 2-3):
+``width`` (1024). ``depth`` D = 3 post-LN cross-attention layers with ``num_heads`` 8 follow (eq. 2-3):
 ``X = LN(MultiHead(Q, C, C) + Q)``, ``Q = LN(FFN(X) + X)``; the context tokens are the same at every layer
 (they are not updated). A linear classifier reads the final query.
 
 The paper does not give the feed-forward width, dropout or any position embedding of the context tokens:
-``mlp_ratio`` 4 and dropout 0.1 follow the Transformer; ``position_embedding`` (off by default, as in the
+``mlp_ratio`` 4 and ``attn_dropout`` 0.1 follow the Transformer; ``position_embedding`` (off by default, as in the
 paper's text) adds a learned embedding per context token so attention can tell where a token lies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
 from cache_spec.views import CONTEXT_EXT, ROI_POOLED
+from heads._layers import Classifier, CrossAttentionLayer, learned_positions
 from heads.base import Head
-
-
-class CrossAttentionLayer(nn.Module):
-    """One post-LN Transformer layer whose keys/values may differ from its queries (PCCA eq. 2-3).
-
-    With ``context`` = the queries it is an ordinary encoder layer (self-attention), which STCA and the
-    S-only/T-only heads reuse. Attention weights are returned per head, before any dropout (dropout is applied
-    to the attended output instead), so each row sums to 1 over the valid keys.
-    """
-
-    def __init__(self, width: int, heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm1 = nn.LayerNorm(width)
-        self.ffn = nn.Sequential(
-            nn.Linear(width, int(width * mlp_ratio)),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(int(width * mlp_ratio), width),
-        )
-        self.norm2 = nn.LayerNorm(width)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-
-    def forward(
-        self, query: torch.Tensor, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``query`` [B, L, d], ``context`` [B, S, d], mask [B, S] True on padding -> ([B, L, d], [B, heads, L, S])."""
-        attended, weights = self.attention(
-            query,
-            context,
-            context,
-            key_padding_mask=key_padding_mask,
-            need_weights=True,
-            average_attn_weights=False,
-        )
-        x = self.norm1(query + self.dropout1(attended))
-        return self.norm2(x + self.dropout2(self.ffn(x))), weights
 
 
 class PCCAHead(Head):
     """Person-context cross attention: the actor vector attends to the 81 tokens of its enlarged box.
 
-    ``last_attention``: ``layers.{i}`` -> [n_boxes, heads, 81].
+    ``last_attention``: ``layers.{i}`` -> [n_boxes, num_heads, 81].
+
+    Args:
+        in_channels: channels of ``roi_pooled`` and ``context_ext``, the store's ``C`` (SlowFast R50: 2304).
+        num_classes: number of action classes (80 for AVA).
+        width: the projection width of the person query and the context tokens (paper: 1024).
+        num_heads: attention heads per layer (paper: 8).
+        depth: cross-attention layers D (paper: 3).
+        mlp_ratio: the feed-forward's hidden width as a multiple of ``width`` (not given; Transformer: 4).
+        attn_dropout: dropout inside each layer, on attention and feed-forward outputs (not given; Transformer: 0.1).
+        dropout: the classifier's dropout before the linear layer (not given; 0.5, as the SlowFast baseline).
+        position_embedding: add a learned embedding per context token (not in the paper: off).
+        context_tokens: the context tokens, h x w of ``context_ext`` (paper: 9 x 9 = 81).
     """
 
     views = (ROI_POOLED, CONTEXT_EXT)
@@ -74,26 +48,23 @@ class PCCAHead(Head):
         in_channels: int,
         num_classes: int,
         width: int = 1024,
-        heads: int = 8,
+        num_heads: int = 8,
         depth: int = 3,
         mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        classifier_dropout: float = 0.5,
+        attn_dropout: float = 0.1,
+        dropout: float = 0.5,
         position_embedding: bool = False,
         context_tokens: int = 81,
     ):
         super().__init__()
         self.query_proj = nn.Linear(in_channels, width)
         self.context_proj = nn.Linear(in_channels, width)
-        self.position = nn.Parameter(torch.randn(1, context_tokens, width) * 0.02) if position_embedding else None
-        self.layers = nn.ModuleList(CrossAttentionLayer(width, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.dropout = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(width, num_classes)
+        self.position = learned_positions(context_tokens, width) if position_embedding else None
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(width, num_heads, mlp_ratio, attn_dropout) for _ in range(depth)
+        )
+        self.classifier = Classifier(width, num_classes, dropout)
         self.last_attention: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> PCCAHead:
-        return cls(dims["C"], num_classes, **options)
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         query = self.query_proj(views[ROI_POOLED].float())[:, None, :]  # [n, 1, d]
@@ -105,4 +76,4 @@ class PCCAHead(Head):
             query, weights = layer(query, context)
             attention[f"layers.{i}"] = weights[:, :, 0, :].detach()
         self.last_attention = attention
-        return self.classifier(self.dropout(query[:, 0]))
+        return self.classifier(query[:, 0])

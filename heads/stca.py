@@ -16,7 +16,8 @@ Padding: the map tokens beyond a clip's valid extent (``clip_extent``) are maske
 padding of the canvas never reaches an actor. ``fast_spool`` is pooled over the padded map at extraction; the
 head cannot undo that.
 
-The paper gives no widths: ``width`` 512, 8 heads, ``mlp_ratio`` 4 and dropout 0.1 are Transformer defaults.
+The paper gives no widths: ``width`` 512, ``num_heads`` 8, ``mlp_ratio`` 4 and ``attn_dropout`` 0.1 are
+Transformer defaults.
 Learned position embeddings are added to the actor tokens (7x7), the slow tokens (H x W) and the fast tokens
 (T_f): without them every step would be per-token and the max pool would make the head blind to where inside
 the box a feature lies, which is the point of spatial actor tokens.
@@ -34,12 +35,8 @@ from torch import nn
 from cache_spec.views import CLIP_EXTENT, CONTEXT_MAP, FAST_SPOOL, ROI_SPATIAL, SLOW_TPOOL
 from heads._extent import clip_extent, extent_mask
 from heads._grouping import ClipGroups
+from heads._layers import Classifier, CrossAttentionLayer, learned_positions
 from heads.base import Head
-from heads.pcca import CrossAttentionLayer
-
-
-def _embedding(tokens: int, width: int) -> nn.Parameter:
-    return nn.Parameter(torch.randn(1, tokens, width) * 0.02)
 
 
 class STCAHead(Head):
@@ -47,8 +44,24 @@ class STCAHead(Head):
 
     Cross attention does not mix actors, so the actor tokens of a clip share one query sequence per clip and
     the clip's keys/values are projected once (the same result as one sequence per actor, with less work).
-    ``last_attention``: ``spatial`` -> [n_boxes, heads, n_actor_tokens, H*W] (0 on padded cells), ``temporal``
-    -> [..., T_f].
+    ``last_attention``: ``spatial`` -> [n_boxes, num_heads, n_actor_tokens, H*W] (0 on padded cells),
+    ``temporal`` -> [..., T_f].
+
+    Args:
+        in_channels: channels of ``roi_spatial`` (and of ``context_map``), the store's ``C`` (SlowFast R50: 2304).
+        slow_channels: channels of ``slow_tpool``, the store's ``C_s`` (SlowFast R50: 2048).
+        fast_channels: channels of ``fast_spool``, the store's ``C_f`` (SlowFast R50: 256).
+        map_hw: the map's H x W, the slow tokens' positions.
+        fast_frames: the fast map's T_f, the fast tokens' positions.
+        num_classes: number of action classes (80 for AVA).
+        width: the tokens' width in both blocks and the hidden classifier layer's (not given: 512).
+        num_heads: attention heads per block (not given: 8).
+        mlp_ratio: the feed-forward's hidden width as a multiple of ``width`` (not given; Transformer: 4).
+        attn_dropout: dropout inside each block, on attention and feed-forward outputs (Transformer: 0.1).
+        dropout: the classifier's dropout before the last linear layer (not given: 0.5).
+        context: ``"spatiotemporal"`` (both blocks, the paper's) or ``"spatial"`` (block 1 on ``context_map``).
+        actor: ``"spatial"`` (49 tokens, the paper's) or ``"pooled"`` (one max-pooled token).
+        roi_size: the side of ``roi_spatial`` (7: 7 x 7 = 49 actor tokens).
     """
 
     views = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL, CLIP_EXTENT)
@@ -62,10 +75,10 @@ class STCAHead(Head):
         fast_frames: int,
         num_classes: int,
         width: int = 512,
-        heads: int = 8,
+        num_heads: int = 8,
         mlp_ratio: float = 4.0,
-        dropout: float = 0.1,
-        classifier_dropout: float = 0.5,
+        attn_dropout: float = 0.1,
+        dropout: float = 0.5,
         context: Literal["spatiotemporal", "spatial"] = "spatiotemporal",
         actor: Literal["spatial", "pooled"] = "spatial",
         roi_size: int = 7,
@@ -81,17 +94,16 @@ class STCAHead(Head):
         if context == "spatial":
             self.views = (ROI_SPATIAL, CONTEXT_MAP, CLIP_EXTENT)
         self.actor_proj = nn.Linear(in_channels, width)
-        self.actor_position = _embedding(roi_size * roi_size, width) if actor == "spatial" else None
+        self.actor_position = learned_positions(roi_size * roi_size, width) if actor == "spatial" else None
         self.slow_proj = nn.Linear(slow_channels if context == "spatiotemporal" else in_channels, width)
-        self.slow_position = _embedding(map_hw[0] * map_hw[1], width)
-        self.spatial_block = CrossAttentionLayer(width, heads, mlp_ratio, dropout)
+        self.slow_position = learned_positions(map_hw[0] * map_hw[1], width)
+        self.spatial_block = CrossAttentionLayer(width, num_heads, mlp_ratio, attn_dropout)
         if context == "spatiotemporal":
             self.fast_proj = nn.Linear(fast_channels, width)
-            self.fast_position = _embedding(fast_frames, width)
-            self.temporal_block = CrossAttentionLayer(width, heads, mlp_ratio, dropout)
+            self.fast_position = learned_positions(fast_frames, width)
+            self.temporal_block = CrossAttentionLayer(width, num_heads, mlp_ratio, attn_dropout)
         self.fc1 = nn.Linear(width, width)
-        self.dropout = nn.Dropout(classifier_dropout)
-        self.fc2 = nn.Linear(width, num_classes)
+        self.fc2 = Classifier(width, num_classes, dropout)
         self.last_attention: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -121,4 +133,4 @@ class STCAHead(Head):
             for name, w in attention.items()
         }
         actor = groups.unpad(queries.unflatten(1, (groups.max_actors, n_tokens))).amax(dim=1)  # GMP over tokens
-        return self.fc2(self.dropout(F.relu(self.fc1(actor))))
+        return self.fc2(F.relu(self.fc1(actor)))

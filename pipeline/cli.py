@@ -11,8 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline import config as cfg
-
 app = typer.Typer(
     help="Spatio-temporal action detection in two stages: extract backbone features once into a Zarr cache, "
     "then train and evaluate heads from the cache in minutes. Every command reads params.yaml.",
@@ -43,16 +41,18 @@ def synth(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.data).")] = None,
 ) -> None:
     """Generate the embedded synthetic data set: AVA layout (videos, CSVs, label map) plus per-frame tubes."""
+    from pipeline import config as cfg
     from stages.data.synth import generate
 
     p = cfg.load_params(params)
-    counts = generate(cfg.synth_config(p), out or Path(p["paths"]["data"]))
+    counts = generate(cfg.synth_config(p), out or cfg.paths(p).data)
     log.info("synthetic data set written: %s", counts)
 
 
 @app.command()
 def finetune(params: ParamsOption = Path("params.yaml")) -> None:
     """Fine-tune the backbone end to end with the linear RoI head; writes the checkpoint extract loads."""
+    from pipeline import config as cfg
     from stages.finetune import finetune as run
 
     metrics = run(cfg.finetune_config(cfg.load_params(params)))
@@ -89,6 +89,7 @@ def detect(
 
     Resumable per video; corrupt videos are listed in a failures CSV beside the output.
     """
+    from pipeline import config as cfg
     from stages.detect import detect as run
 
     summary = run(cfg.detect_config(cfg.load_params(params), split))
@@ -101,6 +102,7 @@ def evaluate_detections(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Person AP@0.5 and AR@100 of the boxes extract uses (extract.predicted_boxes) against the ground truth."""
+    from pipeline import config as cfg
     from stages.data.ava import read_annotations, read_excluded_timestamps, read_predicted_boxes
     from stages.metrics.detection import evaluate_detections as score
 
@@ -143,6 +145,7 @@ def extract(
     Variants (--scale, --flip) go to their own store with the same manifest rows, so predictions average
     row by row.
     """
+    from pipeline import config as cfg
     from stages.extract import extract as run
 
     config = cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip, dataset)
@@ -162,6 +165,7 @@ def extract(
 @app.command("train-head")
 def train_head(dataset: DatasetOption = "ava", params: ParamsOption = Path("params.yaml")) -> None:
     """Stage two: train the head named in params.yaml from the train store (the backbone is never loaded)."""
+    from pipeline import config as cfg
     from stages.train import train
 
     result = train(cfg.train_config(cfg.load_params(params), dataset))
@@ -177,6 +181,7 @@ def evaluate(dataset: DatasetOption = "ava", params: ParamsOption = Path("params
     AVA: frame-mAP@0.5 overall, per category and per class. Dense: frame-mAP and video-mAP over MOC-linked tubes
     with the data set's protocol (params dense.protocol).
     """
+    from pipeline import config as cfg
     from stages.evaluate import evaluate as run
 
     metrics = run(cfg.evaluate_config(cfg.load_params(params), dataset))
@@ -209,6 +214,7 @@ def ablate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Train and evaluate several heads x seeds from one cache; write a papers-style table (Markdown + CSV)."""
+    from pipeline import config as cfg
     from stages.ablate import ablate as run
 
     config = cfg.ablate_config(cfg.load_params(params), _names(heads), [int(s) for s in _names(seeds) or []])
@@ -223,6 +229,7 @@ def verify(
 ) -> None:
     """Check a feature store: list shards that are missing or unreadable (exit code 1 if any)."""
     from cache_spec.store import open_store
+    from pipeline import config as cfg
 
     store = open_store(cfg.store_path(cfg.load_params(params), split))
     problems = store.verify()

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 _FINGERPRINT_FILE = "fingerprint.json"
 # One frame per keyframe: the keyframe itself (window 1, so the clip starts and ends at the keyframe's index).
-_KEYFRAME_ONLY = ClipSampling(num_frames=1, frame_stride=1, alpha=1)
+_KEYFRAME_ONLY = ClipSampling(num_frames=1, frame_stride=1)
 
 
 @dataclass(frozen=True)

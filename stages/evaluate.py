@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -38,10 +39,10 @@ class EvaluateConfig:
     out_dir: Path
     split: str = "val"
     train_split: str = "train"  # where the prior baseline's class frequencies come from
-    box_source: str = "det"
+    box_source: Literal["gt", "det", "all"] = "det"
     device: str = "auto"
-    dataset: str = "ava"  # ava: frame-mAP@0.5 on keyframes | dense: frame- and video-mAP over linked tubes
-    protocol: str = "multisports"  # dense: multisports | act (UCF101-24, JHMDB)
+    dataset: Literal["ava", "dense"] = "ava"  # ava: frame-mAP@0.5 on keyframes | dense: frame and video mAP
+    protocol: Literal["multisports", "act"] = "multisports"  # dense: act for UCF101-24, JHMDB
     link: LinkParams = field(default_factory=LinkParams)  # dense: the tube linker's constants
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,18 +42,18 @@ class ExtractConfig:
     data_dir: Path
     split: str
     out: Path
-    dataset: str = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle
+    dataset: Literal["ava", "dense"] = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle
     keyframe_stride: int = 1  # dense only: every k-th frame is a keyframe
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     sampling: ClipSampling = field(default_factory=ClipSampling)
     scale: float = 1.0  # test-time variant: input resolution x scale (short side and canvas)
     flip: bool = False  # test-time variant: frames mirrored; boxes mirrored on the canvas, manifest rows unchanged
     views: tuple[str, ...] = DEFAULT_VIEWS
-    box_sources: tuple[str, ...] = ("gt", "det")
+    box_sources: tuple[Literal["gt", "det"], ...] = ("gt", "det")
     predicted_boxes: Path | None = None  # detector CSV (default: <data_dir>/predicted_boxes_<split>.csv)
     det_threshold: float = 0.5
     label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
-    dtype: str = "float16"
+    dtype: Literal["float16", "float32"] = "float16"
     clips_per_shard: int = 128
     batch_clips: int = 8
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default

@@ -38,9 +38,9 @@ class FinetuneConfig:
     split: str = "train"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts (its checkpoint)
     sampling: ClipSampling = field(default_factory=ClipSampling)
-    epochs: int = 12
+    epochs: int = 10
     batch_clips: int = 8
-    lr: float = 0.001
+    lr: float = 0.002
     weight_decay: float = 0.0001
     dropout: float = 0.5
     seed: int = 0

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -32,9 +32,9 @@ class TrainConfig:
     label_map: Path
     out_dir: Path
     head: str = "linear"
-    head_options: Mapping[str, Any] = field(default_factory=lambda: {"dropout": 0.5})
-    box_source: str = "gt"  # which boxes to train on: gt | det (detections labelled by IoU) | all
-    loss: str = "bce"  # bce | pose_softmax (softmax over the label map's pose classes + sigmoid for the rest)
+    head_options: Mapping[str, Any] = field(default_factory=dict)  # the head constructor's defaults
+    box_source: Literal["gt", "det", "all"] = "gt"  # det: detections labelled by IoU
+    loss: Literal["bce", "pose_softmax"] = "bce"  # pose_softmax: softmax over pose classes, sigmoid for the rest
     epochs: int = 30
     batch_clips: int = 16
     lr: float = 1e-3

@@ -31,15 +31,15 @@ BOX_CLIP = torch.tensor([0, 1, 1, 1, 1])
 
 SMALL: dict[str, dict[str, Any]] = {
     "linear": {},
-    "acrn": {"hidden_dim": 8},
-    "acar": {"reduce_dim": 8, "hidden_dim": 8},
-    "sto": {"latent": 8},
-    "pcca": {"width": 16, "heads": 2},
-    "stca": {"width": 16, "heads": 2},
-    "s_only": {"width": 16, "heads": 2},
-    "t_only": {"width": 16, "heads": 2},
-    "ssfa": {"dim": 8},
-    "tsfa": {"dim": 8},
+    "acrn": {"width": 8},
+    "acar": {"reduce_width": 8, "width": 8},
+    "sto": {"width": 8},
+    "pcca": {"width": 16, "num_heads": 2},
+    "stca": {"width": 16, "num_heads": 2},
+    "s_only": {"width": 16, "num_heads": 2},
+    "t_only": {"width": 16, "num_heads": 2},
+    "ssfa": {"width": 8},
+    "tsfa": {"width": 8},
 }
 # (registry name, extra options): the defaults plus the ablations each head offers
 VARIANTS = [(name, {}) for name in SMALL] + [

@@ -6,6 +6,7 @@ pipeline -> stages (entry points) -> stages.{data, models, metrics} -> {heads, c
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -112,3 +113,11 @@ def test_the_walker_sees_lazy_and_from_imports(tmp_path: Path) -> None:
     f.write_text("def f():\n    from stages.train import x\n    import torch.nn\n")
     assert _imports(f) == {"stages.train", "stages.train.x", "torch.nn"}
     assert _ours(_imports(f)) == {"stages.train"}
+
+
+def test_the_cli_imports_no_torch_until_a_command_runs() -> None:
+    """``pipeline --help`` stays instant: commands import their stage (and torch) lazily."""
+    heavy = ("torch", "heads", "stages", "pipeline.config")
+    code = f"import sys, pipeline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

@@ -21,6 +21,8 @@ from stages.data.video import (
     preprocess_clip,
     video_info,
 )
+from stages.models.backbones import build_backbone, check_clip_size
+from stages.models.slowfast import SlowFastConfig
 
 FPS = 30
 HEIGHT, WIDTH = 48, 64
@@ -60,7 +62,7 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_video(tmp_path_factory.mktemp("video") / "clip.mp4", 120)
 
 
-SAMPLING = ClipSampling(num_frames=8, frame_stride=2, alpha=4)
+SAMPLING = ClipSampling(num_frames=8, frame_stride=2)
 
 
 def test_clip_frame_indices_follow_pyslowfast() -> None:
@@ -144,8 +146,11 @@ def test_garbage_and_missing_files_raise(tmp_path: Path) -> None:
 def test_sampling_validation() -> None:
     with pytest.raises(ValueError, match="multiples of 32"):
         ClipSampling(canvas=(100, 160))
-    with pytest.raises(ValueError, match="multiple of alpha"):
-        ClipSampling(num_frames=10, alpha=4)
+    with pytest.raises(ValueError, match="frame_stride"):
+        ClipSampling(frame_stride=0)
+    # the slow pathway's alpha is the backbone's (SlowFastConfig.alpha), checked against the clip there
+    with pytest.raises(ValueError, match="multiple of the temporal strides"):
+        check_clip_size(build_backbone("slowfast", config=SlowFastConfig.small()), 10, 128, 160)
 
 
 @pytest.mark.parametrize(

@@ -42,17 +42,14 @@ class ClipSampling:
 
     num_frames: int = 16
     frame_stride: int = 2
-    alpha: int = 4
     short_side: int = 112
     canvas: tuple[int, int] = (128, 160)
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.frame_stride < 1 or self.alpha < 1 or self.short_side < 1:
-            raise ValueError(f"num_frames, frame_stride, alpha and short_side must be >= 1: {self}")
-        if self.num_frames % self.alpha:
-            raise ValueError(f"num_frames ({self.num_frames}) must be a multiple of alpha ({self.alpha})")
+        if self.num_frames < 1 or self.frame_stride < 1 or self.short_side < 1:
+            raise ValueError(f"num_frames, frame_stride and short_side must be >= 1: {self}")
         if len(self.canvas) != 2 or any(c <= 0 or c % 32 for c in self.canvas):
             raise ValueError(f"canvas {self.canvas} must be two positive multiples of 32 (backbone stride)")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):

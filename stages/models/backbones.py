@@ -436,10 +436,10 @@ class BackboneConfig:
     """Which backbone produces the features, its architecture options, and the weights to load."""
 
     name: str = "slowfast"  # one of BACKBONES
-    preset: str = "small"  # slowfast only: small | r50 | r101
+    preset: Literal["small", "r50", "r101"] = "small"  # slowfast only
     options: Mapping[str, Any] = field(default_factory=dict)  # csn: CSNConfig fields; slowfast: overrides preset
     checkpoint: Path | None = None  # `pipeline finetune` output or a public checkpoint
-    checkpoint_layout: str = "auto"  # slowfast: pyslowfast | caffe2 | pytorchvideo | mmaction2 | acar | auto
+    checkpoint_layout: Literal["auto", "pyslowfast", "caffe2", "pytorchvideo", "mmaction2", "acar"] = "auto"  # slowfast
     seed: int = 0  # initialisation seed when there is no checkpoint
 
     def slowfast_config(self) -> SlowFastConfig:

@@ -55,7 +55,13 @@ def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
 def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, ActionLoss, list[int]]:
     """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed."""
     state = torch.load(checkpoint, map_location=device, weights_only=True)
-    model = build_head(state["head"], state["dims"], len(state["class_ids"]), **state["options"])
+    try:
+        model = build_head(state["head"], state["dims"], len(state["class_ids"]), **state["options"])
+    except TypeError as err:  # a head whose option names changed since the file was written
+        raise ValueError(
+            f"{checkpoint}: the {state['head']} head no longer takes the options it was saved with "
+            f"({state['options']}): {err}; retrain it (dvc repro, or pipeline train-head)"
+        ) from None
     model.load_state_dict(state["state_dict"])
     loss = ActionLoss(state.get("loss", "bce"), state.get("pose_columns", [])).to(device)
     return model.to(device).eval(), loss, [int(c) for c in state["class_ids"]]
