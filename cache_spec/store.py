@@ -82,7 +82,7 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         group = zarr.open_group(str(self.path), mode="r")
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)
         self.spec_version: str = attrs["spec_version"]
         self.fingerprint: dict[str, Any] = attrs["fingerprint"]
         self.dims: dict[str, int] = attrs["dims"]
@@ -219,7 +219,7 @@ class Store:
                 data = np.memmap(chunk, dtype=meta["data_type"], mode="r", shape=expected)
                 self._maps[(view, shard)] = data
             return data if mmap else np.array(data)
-        return zarr.open_array(str(path), mode="r")[...]
+        return np.asarray(zarr.open_array(str(path), mode="r")[...])
 
     def read_view(self, view: str) -> np.ndarray:
         """The whole view in row order (for views that fit in memory)."""
@@ -334,7 +334,7 @@ def open_store(path: Path, expected_fingerprint: Mapping[str, Any] | None = None
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise StoreError(f"no feature store at {path} (run `pipeline extract` first)")
-    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    attrs: dict[str, Any] = dict(zarr.open_group(str(path), mode="r").attrs)
     version = attrs.get("spec_version")
     if version != SPEC_VERSION:
         raise StoreMismatchError(

@@ -212,7 +212,9 @@ class ACARHead(Head):
     def from_dims(cls, dims: Mapping[str, int], num_classes: int, **options: Any) -> ACARHead:
         if dims["H"] < 3 or dims["W"] < 3:
             raise ValueError(f"ACAR's unpadded 3x3 conv needs a map of at least 3x3, store has {dims['H']}x{dims['W']}")
-        return super().from_dims(dims, num_classes, **options)
+        head = super().from_dims(dims, num_classes, **options)
+        assert isinstance(head, ACARHead)
+        return head
 
     def forward(self, views: Mapping[str, torch.Tensor], box_clip: torch.Tensor) -> torch.Tensor:
         box_clip = box_clip.long()

@@ -64,7 +64,7 @@ class STCAHead(Head):
         roi_size: the side of ``roi_spatial`` (7: 7 x 7 = 49 actor tokens).
     """
 
-    views = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL, CLIP_EXTENT)
+    views: tuple[str, ...] = (ROI_SPATIAL, SLOW_TPOOL, FAST_SPOOL, CLIP_EXTENT)
 
     def __init__(
         self,

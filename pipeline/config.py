@@ -88,7 +88,11 @@ _NULLABLE = {("detect", "checkpoint")}  # null in the file, so that the stage ca
 def _default(cls: type, name: str) -> Any:
     """A config field's default: the one place it is written."""
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise ParamsError(f"{cls.__name__}.{name} has no default")
 
 
 def load_params(path: Path) -> dict[str, Any]:

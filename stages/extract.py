@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 from tqdm import tqdm
@@ -28,7 +27,7 @@ from cache_spec import views as V
 from cache_spec.store import Store, create_store, open_store
 from stages.data.manifest import ManifestSpec, build_manifest
 from stages.data.video import ClipSampling, decode_clips, in_background
-from stages.models.backbones import BackboneConfig, check_clip_size, load_backbone, pool_context
+from stages.models.backbones import BackboneConfig, VideoBackbone, check_clip_size, load_backbone, pool_context
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +83,15 @@ class ExtractConfig:
             return self.sampling
         if self.scale <= 0:
             raise ValueError(f"scale must be > 0, got {self.scale}")
-        canvas = tuple(int(32 * np.ceil(c * self.scale / 32)) for c in self.sampling.canvas)
-        return replace(self.sampling, short_side=round(self.sampling.short_side * self.scale), canvas=canvas)
+        height, width = (int(32 * np.ceil(c * self.scale / 32)) for c in self.sampling.canvas)
+        return replace(self.sampling, short_side=round(self.sampling.short_side * self.scale), canvas=(height, width))
 
 
 # ---- the manifest ---------------------------------------------------------------------------------------------
 
 
 # ---- the backbone ---------------------------------------------------------------------------------------------
-def store_dims(backbone: nn.Module, sampling: ClipSampling) -> dict[str, int]:
+def store_dims(backbone: VideoBackbone, sampling: ClipSampling) -> dict[str, int]:
     """The symbolic dimensions of the views: C over all pathways; C_s/T_s pathway 0; C_f/T_f pathway 1."""
     channels, strides = backbone.pathway_channels, backbone.temporal_strides
     dims = {
@@ -244,7 +243,7 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster:
     return ExtractSummary(store.path, len(store.clips), len(store.boxes), len(todo), skipped, failures)
 
 
-def _prepared_backbone(config: ExtractConfig) -> tuple[nn.Module, str]:
+def _prepared_backbone(config: ExtractConfig) -> tuple[VideoBackbone, str]:
     if config.threads:
         torch.set_num_threads(config.threads)
     model, weights = load_backbone(config.backbone)
@@ -259,7 +258,7 @@ def _prepared_backbone(config: ExtractConfig) -> tuple[nn.Module, str]:
 def extract_shards(
     config: ExtractConfig,
     store: Store,
-    model: nn.Module,
+    model: VideoBackbone,
     shards: Sequence[int],
     progress: Callable[..., Any] = tqdm,
 ) -> dict[str, str]:
@@ -371,7 +370,7 @@ class _ShardBuffer:
 class _BatchRunner:
     """Runs the backbone on a batch of clips and files each view's rows into its shard's buffer."""
 
-    def __init__(self, model: nn.Module, store: Store):
+    def __init__(self, model: VideoBackbone, store: Store):
         self.model, self.store = model, store
         self.box_start = store.clips["box_start"].to_numpy()
         self.box_count = store.clips["box_count"].to_numpy()
@@ -392,7 +391,8 @@ class _BatchRunner:
         box_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.box_start[index], counts, strict=True)])
         owner = torch.from_numpy(np.repeat(np.arange(len(good)), counts).astype(np.float32))
         rois = torch.cat([owner[:, None], torch.from_numpy(self.map_boxes[box_rows])], dim=1)
-        computed = compute_views(self.model(torch.stack([c.tensor for c in good])), rois, self.store.views)
+        clips = torch.stack([c.tensor for c in good if c.tensor is not None])
+        computed = compute_views(self.model(clips), rois, self.store.views)
         for view, values in computed.items():
             by_clip = V.get_view(view).rows == "clips"
             rows = index - buf.range.clip_start if by_clip else box_rows - buf.range.box_start

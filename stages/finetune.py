@@ -24,7 +24,7 @@ from tqdm import tqdm
 from stages.data.ava import read_label_map
 from stages.data.manifest import ManifestSpec, build_manifest
 from stages.data.video import ClipSampling, decode_clips, in_background
-from stages.models.backbones import BackboneConfig, backbone_checkpoint, load_backbone, pool_context
+from stages.models.backbones import BackboneConfig, VideoBackbone, backbone_checkpoint, load_backbone, pool_context
 from stages.models.slowfast import roi_pool_features
 from stages.models.trained_head import multi_hot, resolve_device
 
@@ -51,7 +51,7 @@ class FinetuneConfig:
 class RoIDetector(nn.Module):
     """Backbone + the linear RoI head, trained together (PySlowFast's AVA detection model)."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float):
+    def __init__(self, backbone: VideoBackbone, num_classes: int, dropout: float):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
@@ -69,8 +69,8 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     class_ids = read_label_map(Path(config.data_dir) / "label_map.pbtxt").ids
-    rows = ManifestSpec(data_dir=config.data_dir, split=config.split, box_sources=("gt",))
-    clips, boxes = build_manifest(rows, config.sampling, config.backbone.stride)
+    spec = ManifestSpec(data_dir=config.data_dir, split=config.split, box_sources=("gt",))
+    clips, boxes = build_manifest(spec, config.sampling, config.backbone.stride)
     decoded = {}
     for index, tensor, error in progress(
         in_background(decode_clips(clips, Path(config.data_dir) / "videos", config.sampling), maxsize=16),

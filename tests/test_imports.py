@@ -121,3 +121,19 @@ def test_the_cli_imports_no_torch_until_a_command_runs() -> None:
     code = f"import sys, pipeline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert result.stdout.strip() == "[]"
+
+
+def test_dvc_stages_depend_on_the_code_they_run() -> None:
+    """Every code dep in dvc.yaml exists, and each stage depends on its entry module and everything below it."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    below = {"stages/data", "stages/models", "stages/metrics", "heads", "cache_spec"}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        code = [d for d in body["deps"] if "${" not in d]
+        assert all((ROOT / d).exists() for d in code), f"{name}: {code}"
+        if name != "synth":
+            assert below <= set(code), f"{name} misses {sorted(below - set(code))}"
+            entry = body["cmd"].split()[1].replace("train-head", "train")
+            assert f"stages/{entry}.py" in code, f"{name} does not depend on stages/{entry}.py"

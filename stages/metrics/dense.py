@@ -527,7 +527,7 @@ def video_map(
     if not p.unknown_videos_are_fp:
         dets = [t for t in dets if t.video in vindex]
     if p.nms3d is not None:
-        dets = _nms_per_group(dets, vindex, p)
+        dets = _nms_per_group(dets, vindex, p, p.nms3d)
 
     gt_arrays: list[np.ndarray] = []
     gt_vid: list[int] = []
@@ -551,7 +551,7 @@ def video_map(
     return _evaluate(p, "video", dataset.labels, dlab, dscore, dkey, glab, gkey, pair_iou, thresholds, p.video_ranges)
 
 
-def _nms_per_group(tubes: list[Tube], vindex: dict[str, int], p: Protocol) -> list[Tube]:
+def _nms_per_group(tubes: list[Tube], vindex: dict[str, int], p: Protocol, overlap: float) -> list[Tube]:
     """3D NMS per (video, class); result ordered as ACT builds its list: test videos in order, pick order."""
     if not tubes:
         return []
@@ -584,5 +584,5 @@ def _nms_per_group(tubes: list[Tube], vindex: dict[str, int], p: Protocol) -> li
         lo, hi = pair_bounds[g], pair_bounds[g + 1]
         m[local[ia[lo:hi]], local[ib[lo:hi]]] = iou[lo:hi]
         m[local[ib[lo:hi]], local[ia[lo:hi]]] = iou[lo:hi]
-        kept.extend(tubes[members[i]] for i in _greedy_nms(m, scores[members], p.nms3d))
+        kept.extend(tubes[members[i]] for i in _greedy_nms(m, scores[members], overlap))
     return kept

@@ -1,6 +1,6 @@
 """Video backbones behind one interface, so extraction can treat SlowFast and single-pathway models alike.
 
-Every backbone here is an ``nn.Module`` that satisfies :class:`VideoBackbone`: it maps a clip [B, 3, T, H, W] to a
+Every backbone here is a :class:`VideoBackbone` (an ``nn.Module``): it maps a clip [B, 3, T, H, W] to a
 tuple of per-pathway maps [B, C_p, T / temporal_strides[p], H / stride, W / stride]. The single-pathway extractors
 wrap torchvision's own modules (built with ``weights=None``; nothing is downloaded) and keep torchvision's parameter
 names, so a torchvision ``state_dict`` loads by identity once the parts an extractor drops (the classification head,
@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -54,9 +54,11 @@ _VIDEO_RESNETS = {"r2plus1d_18": tv_video.r2plus1d_18, "r3d_18": tv_video.r3d_18
 _VIDEO_RESNET_TSTRIDE = {"r2plus1d_18": 8, "r3d_18": 8, "mc3_18": 1}
 
 
-@runtime_checkable
-class VideoBackbone(Protocol):
+class VideoBackbone(nn.Module):
     """What extraction needs from a backbone: the geometry of its maps and a clip -> per-pathway maps call.
+
+    Every backbone derives from it (a module with these attributes set in ``__init__``), so the stages can rely on
+    both the geometry and ``nn.Module``'s ``eval``/``to``/``state_dict``.
 
     ``temporal_strides`` goes beyond the minimal contract because a store's shape (T per pathway) must be known
     before the first clip is decoded; ``T_p = T // temporal_strides[p]``.
@@ -66,7 +68,8 @@ class VideoBackbone(Protocol):
     pathway_channels: tuple[int, ...]
     temporal_strides: tuple[int, ...]
 
-    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
 
 
 def map_shapes(backbone: VideoBackbone, num_frames: int, height: int, width: int) -> tuple[tuple[int, ...], ...]:
@@ -99,7 +102,7 @@ def _check_clip(backbone: VideoBackbone, clip: torch.Tensor) -> None:
 
 
 # ---- torchvision VideoResNet (R(2+1)D-18, R3D-18, MC3-18) -----------------------------------------------------------
-class VideoResNetExtractor(nn.Module):
+class VideoResNetExtractor(VideoBackbone):
     """A torchvision VideoResNet up to layer4, whose map (512 channels, spatial stride 16) is what RoIs read.
 
     The stem is stride 2 in space with no max pool and layers 2-4 each halve space, hence 16 (not 32 as in 2D
@@ -135,7 +138,7 @@ class R2Plus1DExtractor(VideoResNetExtractor):
 
 
 # ---- torchvision MViT-v2-S ------------------------------------------------------------------------------------------
-class MViTv2Extractor(nn.Module):
+class MViTv2Extractor(VideoBackbone):
     """MViT-v2-S tokens after the stride-16 stage (block 13 of 16), reshaped to a [B, 384, T/2, H/16, W/16] map.
 
     MViT-v2-S pools queries spatially at blocks 1, 3 and 14, ending at stride 32. We stop before block 14 rather
@@ -256,7 +259,7 @@ class _CSNBottleneck(nn.Module):
         return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-class CSNExtractor(nn.Module):
+class CSNExtractor(VideoBackbone):
     """ir-/ip-CSN res5 map at stride 16 (res5 dilated); temporal stride is the product of ``temporal_strides``."""
 
     checkpoint_dropped: tuple[str, ...] = ("fc.",)
@@ -303,7 +306,7 @@ class CSNExtractor(nn.Module):
 
 
 # ---- our SlowFast ---------------------------------------------------------------------------------------------------
-class SlowFastBackbone(nn.Module):
+class SlowFastBackbone(VideoBackbone):
     """Our two-pathway SlowFast seen through :class:`VideoBackbone`: (slow, fast) maps, temporal strides (alpha, 1).
 
     Checkpoints load into ``.model`` with ``stages.models.checkpoints`` (PySlowFast names), not the torchvision loader.
@@ -322,10 +325,10 @@ class SlowFastBackbone(nn.Module):
 
 
 # ---- factory --------------------------------------------------------------------------------------------------------
-def _fixed_architecture(name: str, factory: Callable[[], nn.Module]) -> Callable[..., nn.Module]:
+def _fixed_architecture(name: str, factory: Callable[[], VideoBackbone]) -> Callable[..., VideoBackbone]:
     """A builder for a torchvision model, whose architecture its checkpoints fix: it takes no options."""
 
-    def build(**options: Any) -> nn.Module:
+    def build(**options: Any) -> VideoBackbone:
         if options:
             raise TypeError(f"backbone {name!r} takes no options, got {sorted(options)}")
         return factory()
@@ -333,16 +336,16 @@ def _fixed_architecture(name: str, factory: Callable[[], nn.Module]) -> Callable
     return build
 
 
-def _csn(**options: Any) -> nn.Module:
+def _csn(**options: Any) -> VideoBackbone:
     return CSNExtractor(options.pop("config", None) or CSNConfig(**options))
 
 
-def _slowfast(**options: Any) -> nn.Module:
+def _slowfast(**options: Any) -> VideoBackbone:
     return SlowFastBackbone(SlowFast(options.pop("config", None) or SlowFastConfig(**options)))
 
 
 # The registry, like heads.HEADS: name -> builder taking the architecture options.
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
+BACKBONES: dict[str, Callable[..., VideoBackbone]] = {
     **{name: _fixed_architecture(name, partial(VideoResNetExtractor, name)) for name in _VIDEO_RESNETS},
     "mvit_v2_s": _fixed_architecture("mvit_v2_s", MViTv2Extractor),
     "csn": _csn,
@@ -350,7 +353,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_backbone(name: str, **options: Any) -> nn.Module:
+def build_backbone(name: str, **options: Any) -> VideoBackbone:
     """A backbone by name (see ``BACKBONES``), randomly initialised; options go to its config.
 
     ``csn`` takes :class:`CSNConfig` fields (or ``config=``); ``slowfast`` takes ``config=SlowFastConfig(...)`` or
@@ -467,7 +470,7 @@ def pool_context(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.mean(dim=2) for m in maps], dim=1)
 
 
-def load_backbone(config: BackboneConfig) -> tuple[nn.Module, str]:
+def load_backbone(config: BackboneConfig) -> tuple[VideoBackbone, str]:
     """The backbone in eval mode and a digest of its weights' origin (for the store fingerprint).
 
     SlowFast checkpoints load through ``stages.models.checkpoints`` (PySlowFast and the other public layouts); the
@@ -479,14 +482,14 @@ def load_backbone(config: BackboneConfig) -> tuple[nn.Module, str]:
     if config.checkpoint is None:
         return backbone.eval(), f"random-init(seed={config.seed})"
     path = Path(config.checkpoint)
-    if config.name == "slowfast":
+    if isinstance(backbone, SlowFastBackbone):
         load_backbone_checkpoint(backbone.model, path, config.checkpoint_layout)
     else:
         load_torchvision_checkpoint(backbone, path)
     return backbone.eval(), hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def backbone_checkpoint(backbone: nn.Module) -> dict[str, Any]:
+def backbone_checkpoint(backbone: VideoBackbone) -> dict[str, Any]:
     """What to save so :func:`load_backbone` reads it back: PySlowFast's layout for SlowFast, else a state dict."""
     if isinstance(backbone, SlowFastBackbone):
         return {"model_state": backbone.model.state_dict()}

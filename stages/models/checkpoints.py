@@ -464,10 +464,11 @@ def _arch(slots: Iterable[_Slot]) -> _Arch:
 def _nonlocal_location(slots: Iterable[_Slot]) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
     """``SlowFastConfig.nonlocal_location`` of the non-local blocks among these slots."""
     found = {(s.stage, s.pathway, s.block) for s in slots if s.part == "nonlocal"}
-    return tuple(
-        tuple(tuple(sorted(b for st, p, b in found if (st, p) == (stage, pathway))) for pathway in (0, 1))
-        for stage in range(2, 6)
-    )
+
+    def blocks(stage: int, pathway: int) -> tuple[int, ...]:
+        return tuple(sorted(b for st, p, b in found if (st, p) == (stage, pathway)))
+
+    return tuple((blocks(stage, 0), blocks(stage, 1)) for stage in range(2, 6))
 
 
 def _expected_keys(slots: Iterable[_Slot]) -> set[str]:

@@ -14,6 +14,7 @@ from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn_v2
 from torchvision.ops import clip_boxes_to_image, nms
 
 from stages.data.ava import BOX_COLUMNS
+from stages.metrics import boxes as boxes_np
 from stages.models.checkpoints import CheckpointError, listing, read_checkpoint, tensor_state_dict
 
 logger = logging.getLogger(__name__)
@@ -22,14 +23,23 @@ logger = logging.getLogger(__name__)
 class DetectorSettings(Protocol):
     """The settings that shape the detector (``stages.detect.DetectConfig`` has them all)."""
 
-    num_classes: int
-    min_size: int
-    max_size: int
-    score_threshold: float
-    nms_iou: float
-    max_detections: int
-    rpn_pre_nms_top_n: int
-    rpn_post_nms_top_n: int
+    # read-only properties, so that frozen dataclasses satisfy the protocol
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def min_size(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def score_threshold(self) -> float: ...
+    @property
+    def nms_iou(self) -> float: ...
+    @property
+    def max_detections(self) -> int: ...
+    @property
+    def rpn_pre_nms_top_n(self) -> int: ...
+    @property
+    def rpn_post_nms_top_n(self) -> int: ...
 
 
 ARCHITECTURE = "fasterrcnn_resnet50_fpn_v2"
@@ -146,10 +156,9 @@ def person_detections(
     real = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     b, s = b[real], s[real]
     order = nms(b, s, nms_iou)  # indices by decreasing score
-    b, s = b[order].cpu().double().numpy(), s[order].cpu().double().numpy()
-    norm = np.round(b / np.array([width, height, width, height], dtype=np.float64), 3)
-    norm = np.clip(norm, 0.0, 1.0)
+    pixels, score = b[order].cpu().double().numpy(), s[order].cpu().double().numpy()
+    norm = boxes_np.clip(np.round(pixels / np.array([width, height, width, height], dtype=np.float64), 3))
     ok = (norm[:, 2] > norm[:, 0]) & (norm[:, 3] > norm[:, 1])
     out = pd.DataFrame(norm[ok], columns=BOX_COLUMNS)
-    out["score"] = s[ok]
+    out["score"] = score[ok]
     return out

@@ -26,6 +26,7 @@ class ActionLoss(nn.Module):
         if kind == "pose_softmax" and not pose_columns:
             raise ValueError("loss pose_softmax needs pose classes, but the label map has none")
         self.kind = kind
+        self.pose: torch.Tensor
         self.register_buffer("pose", torch.tensor(sorted(pose_columns), dtype=torch.long), persistent=False)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -263,6 +263,8 @@ class _ResBlock(nn.Module):
         self, in_channels: int, inner: int, out_channels: int, temporal_kernel: int, stride: int, dilation: int
     ) -> None:
         super().__init__()
+        self.branch1: nn.Conv3d | None
+        self.branch1_bn: nn.BatchNorm3d | None
         if in_channels != out_channels or stride != 1:
             self.branch1 = nn.Conv3d(in_channels, out_channels, kernel_size=1, stride=(1, stride, stride), bias=False)
             self.branch1_bn = _bn(out_channels)
@@ -274,7 +276,7 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.branch2(x)
-        shortcut = x if self.branch1 is None else self.branch1_bn(self.branch1(x))
+        shortcut = x if self.branch1 is None or self.branch1_bn is None else self.branch1_bn(self.branch1(x))
         return self.relu(shortcut + residual)
 
 
@@ -380,6 +382,15 @@ class _ResStage(nn.Module):
 
 class SlowFast(nn.Module):
     """SlowFast ResNet backbone returning the res5 maps of both pathways (no head)."""
+
+    # registered with add_module under PySlowFast's names (s2..s5, s2_fuse..s4_fuse), so declared for the checker
+    s2: nn.Module
+    s3: nn.Module
+    s4: nn.Module
+    s5: nn.Module
+    s2_fuse: nn.Module
+    s3_fuse: nn.Module
+    s4_fuse: nn.Module
 
     def __init__(self, config: SlowFastConfig | None = None) -> None:
         super().__init__()
