@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cache_spec.errors import InputError
+
 CLIP_SCHEMA = pa.schema(
     [
         ("clip_index", pa.int64()),
@@ -51,7 +53,7 @@ BOX_SCHEMA = pa.schema(
 BOX_SOURCES = ("gt", "det")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError, ValueError):
     """A manifest that breaks the row-space contract."""
 
 

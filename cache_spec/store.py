@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from cache_spec import manifest as mf
+from cache_spec.errors import InputError
 from cache_spec.views import get_view
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ SPEC_VERSION = "1.0"
 DTYPES = ("float16", "float32")
 
 
-class StoreError(RuntimeError):
+class StoreError(InputError, RuntimeError):
     """A store that cannot be used as asked (missing, incomplete, corrupt)."""
 
 
@@ -227,6 +228,129 @@ class Store:
         if missing:
             raise StoreError(f"store {self.path} is incomplete: {len(missing)} shard(s) missing, e.g. {missing[:5]}")
         return np.concatenate([self.read_shard(view, s) for s in range(self.num_shards)])
+
+    # ---- description ------------------------------------------------------------------------------------
+    def chunk_bytes(self, view: str) -> int:
+        """Bytes of ``view``'s chunk files on disk (array metadata excluded): what the view costs in storage."""
+        root = self.path / "views" / view
+        chunk_dirs = [d / "c" for d in root.iterdir() if (d / "c").is_dir()] if root.is_dir() else []
+        return sum(f.stat().st_size for c in chunk_dirs for f in c.rglob("*") if f.is_file())
+
+    def failed_videos(self) -> pd.DataFrame:
+        """The ``failures.parquet`` extraction writes (video_id, error), or an empty table when there is none."""
+        path = self.path / "failures.parquet"
+        return pd.read_parquet(path) if path.exists() else pd.DataFrame({"video_id": [], "error": []})
+
+    def info(self, first: int = 5) -> dict[str, Any]:
+        """A JSON-ready summary of the store (what ``pipeline info`` prints), so a store can be judged unopened.
+
+        Views with their row shapes, dtype, bytes in memory and on disk; row counts (boxes by source); shards
+        done; failed videos and clips (the first ``first`` of each listed); the fingerprint as stored.
+        """
+        views = []
+        for view in self.views:
+            spec = get_view(view)
+            views.append(
+                {
+                    "name": view,
+                    "rows": spec.rows,
+                    "shape": list(self.row_shape(view)),
+                    "dtype": self.dtype,
+                    "memory_bytes": self.view_nbytes(view),
+                    "disk_bytes": self.chunk_bytes(view),
+                }
+            )
+        sources = self.boxes["source"].value_counts()
+        missing = self.missing_shards()
+        failures = self.failed_videos()
+        failed_clips = self.failed_clips()
+        return {
+            "path": str(self.path),
+            "spec_version": self.spec_version,
+            "dtype": self.dtype,
+            "clips_per_shard": self.clips_per_shard,
+            "rows": {
+                "clips": len(self.clips),
+                "videos": int(self.clips["video_id"].nunique()),
+                "boxes": len(self.boxes),
+                "boxes_by_source": {s: int(sources.get(s, 0)) for s in mf.BOX_SOURCES},
+            },
+            "views": views,
+            "disk_bytes": sum(v["disk_bytes"] for v in views),
+            "shards": {"done": self.num_shards - len(missing), "total": self.num_shards, "missing": missing[:first]},
+            "failed": {
+                "videos": len(failures),
+                "clips": len(failed_clips),
+                "first": [
+                    {"video_id": str(r.video_id), "error": str(r.error)} for r in failures.head(first).itertuples()
+                ],
+            },
+            "fingerprint": self.fingerprint,
+        }
+
+
+def format_info(info: Mapping[str, Any]) -> str:
+    """:meth:`Store.info` as aligned text for a person reading a terminal (``--json`` is for machines)."""
+    rows, shards, failed = info["rows"], info["shards"], info["failed"]
+    by_source = ", ".join(f"{n} {s}" for s, n in rows["boxes_by_source"].items())
+    lines = [
+        f"store        {info['path']}",
+        f"spec         {info['spec_version']}, {info['dtype']}, {info['clips_per_shard']} clips per shard",
+        f"rows         {rows['clips']} clips from {rows['videos']} videos; {rows['boxes']} boxes ({by_source})",
+        f"shards       {shards['done']}/{shards['total']} done"
+        + (f"; missing e.g. {', '.join(map(str, shards['missing']))}" if shards["missing"] else ""),
+        "views",
+    ]
+    name_w = max([len(v["name"]) for v in info["views"]] + [5])
+    shape_w = max([len(_shape(v["shape"])) for v in info["views"]] + [5])
+    for v in info["views"]:
+        lines.append(
+            f"  {v['name']:<{name_w}}  {v['rows']:<5}  {_shape(v['shape']):<{shape_w}}  {v['dtype']}  "
+            f"{_human_bytes(v['disk_bytes']):>10} on disk ({v['disk_bytes']:,} B)"
+        )
+    lines.append(
+        f"  {'total':<{name_w}}  {'':<5}  {'':<{shape_w}}  {'':<{len(info['dtype'])}}  "
+        f"{_human_bytes(info['disk_bytes']):>10} on disk ({info['disk_bytes']:,} B)"
+    )
+    if failed["videos"] or failed["clips"]:
+        lines.append(f"failed       {failed['videos']} videos, {failed['clips']} clips (their features are zeros)")
+        lines.extend(f"  {f['video_id']}: {f['error']}" for f in failed["first"])
+        if failed["videos"] > len(failed["first"]):
+            lines.append(f"  ... and {failed['videos'] - len(failed['first'])} more")
+    else:
+        lines.append("failed       none")
+    lines.append("fingerprint")
+    lines.extend(_nested(info["fingerprint"], indent=2))
+    return "\n".join(lines)
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover - the loop returns at GiB
+
+
+def _nested(value: Mapping[str, Any], indent: int) -> list[str]:
+    """Indented ``key: value`` lines, one level per nested mapping; lists of scalars stay on one line."""
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, Mapping) and item:
+            lines.append(f"{' ' * indent}{key}:")
+            lines.extend(_nested(item, indent + 2))
+        elif isinstance(item, list) and any(isinstance(x, Mapping | list) for x in item):
+            lines.append(f"{' ' * indent}{key}: {json.dumps(item, default=str)}")
+        elif isinstance(item, list):
+            lines.append(f"{' ' * indent}{key}: [{', '.join(map(str, item))}]")
+        else:
+            lines.append(f"{' ' * indent}{key}: {item}")
+    return lines
 
 
 def _is_raw_single_chunk(meta: Mapping[str, Any]) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from cache_spec.errors import InputError
 from heads import HEADS
 from stages.ablate import AblateConfig
 from stages.data.synth import SynthConfig
@@ -29,7 +30,7 @@ from stages.train import TrainConfig
 C = TypeVar("C")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError, ValueError):
     """params.yaml names a key the code does not know, or gives a value of the wrong kind."""
 
 

@@ -6,6 +6,7 @@ H.264 compression, so a decoded clip can be read back as the list of source fram
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -187,3 +188,30 @@ def test_preprocess_keeps_geometry() -> None:
     y1, x1 = (bright.max(dim=0).values + 1).tolist()
     assert abs(y0 - 12 * scale) <= 1.5 and abs(y1 - 24 * scale) <= 1.5
     assert abs(x0 - 32 * scale) <= 1.5 and abs(x1 - 48 * scale) <= 1.5
+
+
+def test_in_background_joins_its_thread_when_the_consumer_stops_early() -> None:
+    """An error or Ctrl-C in the consumer must not leave the producer running into interpreter shutdown."""
+    import threading
+
+    from stages.data.video import in_background
+
+    closed = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    stream = in_background(endless(), maxsize=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert closed.is_set() and threading.active_count() == before
+    with pytest.raises(ZeroDivisionError):
+        list(in_background((1 // x for x in (1, 0)), maxsize=1))
+    assert threading.active_count() == before

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cache_spec.errors import InputError
 from stages.data.safe_pickle import UnsafePickleError, load_pickle
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ REQUIRED_KEYS = ("labels", "train_videos", "test_videos", "nframes", "resolution
 GT_BOX_COLUMNS = ["video", "frame", "label", "tube", "x1", "y1", "x2", "y2"]
 
 
-class DenseDatasetError(ValueError):
+class DenseDatasetError(InputError, ValueError):
     """The ground-truth pickle is malformed; the message starts with the file and names the video/label/tube."""
 
     def __init__(self, source: str | Path | None, message: str) -> None:

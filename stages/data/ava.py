@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cache_spec.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 POSE, OBJECT, PERSON = "pose", "object", "person"
@@ -38,7 +40,7 @@ DETECTION_COLUMNS = PREDICTED_BOX_COLUMNS
 EXCLUDED_COLUMNS = ["video_id", "timestamp"]
 
 
-class AvaFormatError(ValueError):
+class AvaFormatError(InputError, ValueError):
     """A file does not follow the AVA format; the message starts with ``file:line:``."""
 
     def __init__(self, path: str | Path, line: int, message: str) -> None:

@@ -10,6 +10,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from cache_spec.errors import InputError
+
 _BUILTINS = (
     "dict",
     "list",
@@ -47,7 +49,7 @@ _ALLOWED: frozenset[tuple[str, str]] = frozenset(
 )
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(InputError, pickle.UnpicklingError):
     """The file asks to build something other than builtins and numpy arrays."""
 
 

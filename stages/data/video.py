@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cache_spec.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # A container that declares N frames but decodes fewer than this fraction of them (minus a little slack for
@@ -32,7 +34,7 @@ _TRUNCATION_SLACK_FRACTION = 0.02
 _TRUNCATION_SLACK_FRAMES = 2
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(InputError, RuntimeError):
     """A video could not be opened or decoded; the message names the file and the step that failed."""
 
 
@@ -287,22 +289,45 @@ T = TypeVar("T")
 
 
 def in_background(items: Iterator[T], maxsize: int) -> Iterator[T]:
-    """Run a generator in a thread, handing items over through a bounded queue (errors re-raised here)."""
+    """Run a generator in a thread, handing items over through a bounded queue (errors re-raised here).
+
+    When the consumer stops early (an error, Ctrl-C, ``close()``), the producer is told to stop and joined before
+    this generator finishes, so no thread is left decoding while the interpreter shuts down.
+    """
     q: queue.Queue = queue.Queue(maxsize=maxsize)
     end = object()
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def work() -> None:
         try:
             for item in items:
-                q.put(item)
+                if not put(item):
+                    return
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            q.put(err)
-        q.put(end)
+            put(err)
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        put(end)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    while (item := q.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    thread.join()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

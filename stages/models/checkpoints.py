@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from cache_spec.errors import InputError
 from stages.data.safe_pickle import load_pickle
 from stages.models.slowfast import SlowFast
 
@@ -63,7 +64,7 @@ _OPTIONAL_PARAMS = ("num_batches_tracked",)  # a BN counter, absent from Caffe2;
 _CONTAINER_KEYS = ("model_state", "state_dict", "model", "module")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """The checkpoint cannot be read safely, or does not fit the model."""
 
 
