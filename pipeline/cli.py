@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,14 +39,14 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
 @app.command()
 def synth(
     params: ParamsOption = Path("params.yaml"),
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.data).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.synth).")] = None,
 ) -> None:
     """Generate the embedded synthetic data set: AVA layout (videos, CSVs, label map) plus per-frame tubes."""
     from pipeline import config as cfg
     from stages.data.synth import generate
 
     p = cfg.load_params(params)
-    counts = generate(cfg.synth_config(p), out or cfg.paths(p).data)
+    counts = generate(cfg.synth_config(p), out or cfg.paths(p).synth)
     log.info("synthetic data set written: %s", counts)
 
 
@@ -239,5 +240,64 @@ def verify(
     raise typer.Exit(1 if problems else 0)
 
 
+_VERBOSE = ("-v", "--verbose")
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, raised past click (which would turn KeyboardInterrupt into exit code 1) to :func:`run`."""
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``pipeline`` executable: the app, with the project's input errors as one line and exit code 2.
+
+    ``-v`` is accepted anywhere on the line (typer only takes it before the command) and shows tracebacks.
+    Ctrl-C exits with 130, the shell's code for SIGINT; stages keep what they finished, so a rerun resumes.
+    """
+    import signal
+
+    from cache_spec.errors import InputError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in _VERBOSE for a in args)
+    args = (["--verbose"] if verbose else []) + [a for a in args if a not in _VERBOSE]
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        app(args=args, prog_name="pipeline")
+    except Interrupted:
+        typer.echo("interrupted: finished work is kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    except (InputError, FileNotFoundError) as error:
+        if verbose:
+            raise
+        text = " ".join(str(error).split()) or type(error).__name__
+        prefix = "" if isinstance(error, InputError) else f"{type(error).__name__}: "
+        typer.echo(f"error: {prefix}{text} (-v shows the traceback)", err=True)
+        sys.exit(2)
+
+
+@app.command()
+def info(
+    split: Annotated[str, typer.Option(help="Which split's store to describe.")],
+    dataset: DatasetOption = "ava",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Describe a feature store: views, rows, size on disk, shards done, failed videos and its fingerprint."""
+    from cache_spec.store import format_info, open_store
+    from pipeline import config as cfg
+
+    path = cfg.store_path(cfg.load_params(params), split, dataset=dataset)
+    if not (path / "zarr.json").exists():
+        command = f"pipeline extract --split {split}" + ("" if dataset == "ava" else f" --dataset {dataset}")
+        typer.echo(f"error: no feature store at {path}; run `{command}` first", err=True)
+        raise typer.Exit(2)
+    summary = open_store(path).info()
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
 if __name__ == "__main__":
-    app()
+    run()

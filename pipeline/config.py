@@ -36,9 +36,10 @@ class ParamsError(InputError, ValueError):
 
 @dataclass(frozen=True)
 class PathsParams:
-    """Where the data set, the feature stores and the runs live."""
+    """Where the data set, the feature stores and the runs live, and where ``pipeline synth`` writes its own set."""
 
     data: Path = Path("data/synth")
+    synth: Path = Path("data/synth")
     cache: Path = Path("data/cache")
     runs: Path = Path("runs")
 

@@ -6,6 +6,8 @@ stream of its own per split, so the per-video streams are unaffected.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cache_spec.errors import InputError
 from stages.data.act import DenseDataset, dense_dataset_from_dict, write_dense_dataset
 from stages.data.ava import write_annotations, write_excluded_timestamps, write_label_map, write_predicted_boxes
 from stages.data.synth.labels import DENSE_LABELS, SYNTH_CLASSES
@@ -23,6 +26,12 @@ from stages.data.synth.scenes import make_scenes
 from stages.data.synth.sprites import render
 
 logger = logging.getLogger(__name__)
+
+MARKER = "synth.json"  # names the files a synthetic set consists of, so a rerun replaces exactly those
+
+
+class SynthOutputError(InputError, ValueError):
+    """The output folder holds something other than an earlier synthetic set."""
 
 
 def _video_codec() -> tuple[str, dict[str, str]]:
@@ -157,9 +166,32 @@ def _write_split(scenes: list[Scene], config: SynthConfig, split: str, out_dir: 
     }
 
 
+def _claim(out_dir: Path) -> None:
+    """Make ``out_dir`` ours: refuse a folder holding anything but an earlier synthetic set, remove that set.
+
+    This is what keeps a user's own data set safe when a path is misconfigured: nothing is deleted or overwritten
+    unless the marker of an earlier run lists it.
+    """
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    marker = out_dir / MARKER
+    if not marker.is_file():
+        raise SynthOutputError(
+            f"{out_dir}: the folder exists and is not a synthetic data set (it has no {MARKER}); refusing to write "
+            "into it. Point paths.synth (or --out) at a new or empty folder."
+        )
+    root = out_dir.resolve()
+    for name in json.loads(marker.read_text())["files"]:
+        path = (out_dir / name).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            path.unlink()
+    marker.unlink()
+
+
 def generate(config: SynthConfig, out_dir: Path) -> dict[str, int]:
     """Write the data set in AVA's layout under ``out_dir``, its dense form under ``dense/``; return counts."""
     out_dir = Path(out_dir)
+    _claim(out_dir)
     scenes = make_scenes(config)
     write_label_map(SYNTH_CLASSES, out_dir / "label_map.pbtxt")
     counts: dict[str, int] = {}
@@ -168,5 +200,8 @@ def generate(config: SynthConfig, out_dir: Path) -> dict[str, int]:
     counts |= _write_dense(scenes, out_dir / "dense")
     for scene in tqdm(scenes, desc="synth videos", unit="video"):
         write_video(render(scene), out_dir / "videos" / f"{scene.video_id}.mp4", scene.fps)
+    files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+    marker = {"generator": "stages.data.synth", "config": dataclasses.asdict(config), "files": files}
+    (out_dir / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     logger.info("synthetic set written to %s: %s", out_dir, counts)
     return counts
