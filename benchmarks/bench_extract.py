@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from stages.data.layout import DataLayout
 from stages.data.manifest import build_manifest
 from stages.data.synth import SynthConfig, generate
 from stages.data.video import decode_clips
@@ -37,14 +38,14 @@ def main() -> None:
         data = Path(tmp) / "data"
         generate(SynthConfig(num_videos_train=args.videos, num_videos_val=0, duration_s=args.duration), data)
         config = ExtractConfig(
-            data_dir=data,
+            data=DataLayout(data),
             split="train",
             out=Path(tmp) / "store.zarr",
             backbone=BackboneConfig(preset=args.preset),
             batch_clips=args.batch_clips,
         )
         clips, _ = build_manifest(config.manifest, config.input_sampling, config.backbone.stride)
-        tensors = [t for _, t, _ in decode_clips(clips, data / "videos", config.sampling)]
+        tensors = [t for _, t, _ in decode_clips(clips, DataLayout(data).video, config.sampling)]
         model, _ = load_backbone(config.backbone)
 
         @torch.inference_mode()

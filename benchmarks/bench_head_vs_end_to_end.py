@@ -21,6 +21,7 @@ from cache_spec.reader import ClipBatchLoader
 from cache_spec.store import open_store
 from cache_spec.views import ROI_POOLED
 from heads import LinearHead
+from stages.data.layout import DataLayout
 from stages.data.synth import SynthConfig, generate
 from stages.data.video import decode_clips
 from stages.extract import ExtractConfig, extract
@@ -39,7 +40,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         generate(SynthConfig(num_videos_train=args.videos, num_videos_val=0), data)
         config = ExtractConfig(
-            data_dir=data,
+            data=DataLayout(data),
             split="train",
             out=Path(tmp) / "s.zarr",
             backbone=BackboneConfig(preset=args.preset),
@@ -73,7 +74,7 @@ def main() -> None:
         map_boxes = torch.from_numpy(store.boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32))
         start = time.perf_counter()
         pending: list[tuple[int, torch.Tensor]] = []
-        clips = decode_clips(store.clips, data / "videos", config.input_sampling)
+        clips = decode_clips(store.clips, DataLayout(data).video, config.input_sampling)
         for i, (index, tensor, _) in enumerate(clips):
             pending.append((index, tensor))
             if len(pending) == args.batch_clips or i == len(store.clips) - 1:

@@ -108,12 +108,12 @@ def evaluate_detections(
     from stages.metrics.detection import evaluate_detections as score
 
     config = cfg.extract_config(cfg.load_params(params), split)
-    data = config.data_dir
-    boxes_path = config.predicted_boxes or data / f"predicted_boxes_{split}.csv"
-    excluded_path = data / f"excluded_timestamps_{split}.csv"
+    layout = config.data
+    boxes_path = config.predicted_boxes or layout.predicted_boxes_path(split)
+    excluded_path = layout.excluded_timestamps_path(split)
     metrics = score(
         read_predicted_boxes(boxes_path),
-        read_annotations(data / "annotations" / f"{split}.csv"),
+        read_annotations(layout.annotations_path(split)),
         excluded=read_excluded_timestamps(excluded_path) if excluded_path.exists() else None,
     )
     typer.echo(json.dumps({"boxes": str(boxes_path), **metrics}, indent=2, default=float))

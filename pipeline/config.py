@@ -17,6 +17,7 @@ import yaml
 from cache_spec.errors import InputError
 from heads import HEADS
 from stages.ablate import AblateConfig
+from stages.data.layout import DataLayout
 from stages.data.synth import SynthConfig
 from stages.data.video import ClipSampling
 from stages.detect import DetectConfig
@@ -67,6 +68,7 @@ class HeadParams:
 # (``extract.heads`` becomes ``views``, ``finetune.init_checkpoint`` the backbone's checkpoint) are listed with types.
 SECTIONS: dict[str, type] = {
     "paths": PathsParams,
+    "dataset": DataLayout,
     "synth": SynthConfig,
     "backbone": BackboneConfig,
     "finetune": FinetuneConfig,
@@ -222,6 +224,11 @@ def paths(params: Mapping[str, Any]) -> PathsParams:
     return build(PathsParams, _section(params, "paths"), "paths")
 
 
+def data_layout(params: Mapping[str, Any]) -> DataLayout:
+    """The data set at paths.data, its file names and time convention from params ``dataset:``."""
+    return build(DataLayout, _section(params, "dataset"), "dataset", root=paths(params).data)
+
+
 def dense_params(params: Mapping[str, Any]) -> DenseParams:
     return build(DenseParams, _section(params, "dense"), "dense")
 
@@ -289,7 +296,7 @@ def extract_config(
         ExtractConfig,
         section,
         "extract",
-        data_dir=paths(params).data,
+        data=data_layout(params),
         split=split,
         out=store_path(
             params,
@@ -315,7 +322,7 @@ def finetune_config(params: Mapping[str, Any]) -> FinetuneConfig:
         FinetuneConfig,
         section,
         "finetune",
-        data_dir=paths(params).data,
+        data=data_layout(params),
         out=Path(checkpoint),
         backbone=build(BackboneConfig, backbone, "backbone"),
         sampling=sampling(params),
@@ -357,7 +364,7 @@ def detect_config(params: Mapping[str, Any], split: str) -> DetectConfig:
     if "out" not in section:
         raise ParamsError("params detect.out: name the CSV detect writes, e.g. runs/detect/predicted_boxes_{split}.csv")
     out = str(section["out"]).format(split=split)
-    return build(DetectConfig, section, "detect", data_dir=paths(params).data, split=split, out=Path(out))
+    return build(DetectConfig, section, "detect", data=data_layout(params), split=split, out=Path(out))
 
 
 def train_config(params: Mapping[str, Any], dataset: str = "ava") -> TrainConfig:

@@ -39,6 +39,7 @@ from stages.data.ava import (
     read_predicted_boxes,
     write_predicted_boxes,
 )
+from stages.data.layout import DataLayout
 from stages.data.video import ClipSampling, VideoDecodeError, in_background, iter_keyframe_clips
 from stages.models.detector import ARCHITECTURE, build_detector, load_detector_checkpoint, person_detections
 from stages.models.trained_head import resolve_device
@@ -54,7 +55,7 @@ _KEYFRAME_ONLY = ClipSampling(num_frames=1, frame_stride=1)
 class DetectConfig:
     """What decides the boxes (all of it enters the resume fingerprint) plus how to run."""
 
-    data_dir: Path
+    data: DataLayout
     split: str
     out: Path  # the predicted-box CSV to write
     checkpoint: Path  # a fasterrcnn_resnet50_fpn_v2 state dict (plain, {"model": sd} or {"state_dict": sd})
@@ -67,7 +68,6 @@ class DetectConfig:
     max_detections: int = 100  # per keyframe over all classes, before the person filter (torchvision's cap)
     rpn_pre_nms_top_n: int = 1000  # proposals per FPN level before the RPN's NMS (torchvision's test default)
     rpn_post_nms_top_n: int = 1000  # proposals kept for the box head (torchvision's test default)
-    time_offset_s: float = 0.0  # timestamp of the video file's first frame (900 for AVA's trimmed 15-min cuts)
     batch_frames: int = 8
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -139,9 +139,11 @@ def _fingerprint(config: DetectConfig, annotations: Path) -> dict[str, Any]:
                 "max_detections",
                 "rpn_pre_nms_top_n",
                 "rpn_post_nms_top_n",
-                "time_offset_s",
             )
         },
+        "time_offset_s": config.data.time_offset_s,
+        "time_offsets": config.data.offsets(),
+        "frames": config.data.frames is not None,
     }
 
 
@@ -186,17 +188,24 @@ def _keyframes(annotations: Path) -> dict[str, list[int]]:
     return {str(v): g["timestamp"].astype(int).tolist() for v, g in pairs.groupby("video_id", sort=True)}
 
 
-def _decode(video_dir: Path, todo: Sequence[tuple[str, list[int]]], offset: float) -> Iterator[tuple]:
-    """``(video, timestamp, frame, error)`` per keyframe, then ``(video, None, None, error)`` to end each video."""
+def _decode(layout: DataLayout, todo: Sequence[tuple[str, list[int]]]) -> Iterator[tuple]:
+    """``(video, timestamp, frame, error)`` per keyframe, then ``(video, None, None, error)`` to end each video.
+
+    A keyframe outside its video fails the video (the time offset is wrong for it), naming the keyframe.
+    """
     for video, timestamps in todo:
+        outside: dict[float, str] = {}
         error = ""
         try:
-            for ts, frames in iter_keyframe_clips(
-                video_dir / f"{video}.mp4", [float(t) for t in timestamps], _KEYFRAME_ONLY, offset
-            ):
+            clips = iter_keyframe_clips(
+                layout.video(video), [float(t) for t in timestamps], _KEYFRAME_ONLY, on_outside=outside.__setitem__
+            )
+            for ts, frames in clips:
                 yield video, int(round(ts)), frames[0], ""
         except VideoDecodeError as err:
             error = str(err)
+        if outside and not error:
+            error = f"{len(outside)} keyframe(s) outside the video, first: {next(iter(outside.values()))}"
         yield video, None, None, error
 
 
@@ -252,8 +261,7 @@ def detect(config: DetectConfig, progress: Callable[..., Any] = tqdm) -> DetectS
 
 
 def _detect(config: DetectConfig, progress: Callable[..., Any]) -> DetectSummary:
-    data = Path(config.data_dir)
-    annotations = data / "annotations" / f"{config.split}.csv"
+    annotations = config.data.annotations_path(config.split)
     keyframes = _keyframes(annotations)
     device = resolve_device(config.device)
     model = build_detector(config)
@@ -270,7 +278,7 @@ def _detect(config: DetectConfig, progress: Callable[..., Any]) -> DetectSummary
     run = _Runner(model, device, config)
     failed: dict[str, str] = {}
     keyframes_run = 0
-    stream = in_background(_decode(data / "videos", todo, config.time_offset_s), maxsize=2 * config.batch_frames)
+    stream = in_background(_decode(config.data, todo), maxsize=2 * config.batch_frames)
     total = sum(len(ts) for _, ts in todo)
     with progress(total=total, unit="keyframe", desc=f"detect {config.split}") as bar:
         batch: list[tuple[int, np.ndarray]] = []

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from cache_spec import views as V
 from cache_spec.store import Store, create_store, open_store
+from stages.data.layout import DataLayout
 from stages.data.manifest import ManifestSpec, build_manifest
-from stages.data.video import ClipSampling, decode_clips, in_background
+from stages.data.video import ClipSampling, VideoSource, decode_clips, in_background
 from stages.models.backbones import BackboneConfig, VideoBackbone, check_clip_size, load_backbone, pool_context
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ DEFAULT_VIEWS = (V.ROI_POOLED, V.CONTEXT_MAP)
 class ExtractConfig:
     """Everything that decides the numbers in a store (it all enters the fingerprint) plus how to run."""
 
-    data_dir: Path
+    data: DataLayout
     split: str
     out: Path
     dataset: Literal["ava", "dense"] = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle
@@ -49,7 +50,7 @@ class ExtractConfig:
     flip: bool = False  # test-time variant: frames mirrored; boxes mirrored on the canvas, manifest rows unchanged
     views: tuple[str, ...] = DEFAULT_VIEWS
     box_sources: tuple[Literal["gt", "det"], ...] = ("gt", "det")
-    predicted_boxes: Path | None = None  # detector CSV (default: <data_dir>/predicted_boxes_<split>.csv)
+    predicted_boxes: Path | None = None  # detector CSV (default: the layout's predicted_boxes for the split)
     det_threshold: float = 0.5
     label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
     dtype: Literal["float16", "float32"] = "float16"
@@ -66,7 +67,7 @@ class ExtractConfig:
     def manifest(self) -> ManifestSpec:
         """The part of the config that decides the store's rows."""
         return ManifestSpec(
-            data_dir=self.data_dir,
+            layout=self.data,
             split=self.split,
             dataset=self.dataset,
             keyframe_stride=self.keyframe_stride,
@@ -120,6 +121,9 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
         "flip": config.flip,
         "box_sources": list(config.box_sources),
         "predicted_boxes": str(config.predicted_boxes or "data_dir"),
+        "frames": config.data.frames is not None,  # JPEG frame folders decode to other pixels than videos
+        "time_offset_s": config.data.time_offset_s,
+        "time_offsets": config.data.offsets(),
         "det_threshold": config.det_threshold,
         "label_iou": config.label_iou,
     }
@@ -189,12 +193,12 @@ class _Clip:
 
 
 def _decode_shards(
-    store: Store, shards: list[int], video_dir: Path, sampling: ClipSampling, flip: bool, unit: str
+    store: Store, shards: list[int], videos: Callable[[str], VideoSource], sampling: ClipSampling, flip: bool, unit: str
 ) -> Iterator[_Clip]:
     for shard in shards:
         rng = store.shards[shard]
         part = store.clips.iloc[rng.clip_start : rng.clip_stop]
-        for index, tensor, error in decode_clips(part, video_dir, sampling, flip, unit):
+        for index, tensor, error in decode_clips(part, videos, sampling, flip, unit):
             yield _Clip(shard, index, tensor, error)
 
 
@@ -270,7 +274,7 @@ def extract_shards(
         _decode_shards(
             store,
             list(shards),
-            Path(config.data_dir) / "videos",
+            config.data.video,
             config.input_sampling,
             config.flip,
             config.timestamp_unit,

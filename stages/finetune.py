@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.data.ava import read_label_map
+from stages.data.layout import DataLayout
 from stages.data.manifest import ManifestSpec, build_manifest
 from stages.data.video import ClipSampling, decode_clips, in_background
 from stages.models.backbones import BackboneConfig, VideoBackbone, backbone_checkpoint, load_backbone, pool_context
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    data_dir: Path
+    data: DataLayout
     out: Path  # the checkpoint extract loads (PySlowFast layout: backbone state dict under "model_state")
     split: str = "train"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # where training starts (its checkpoint)
@@ -68,12 +69,12 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    class_ids = read_label_map(Path(config.data_dir) / "label_map.pbtxt").ids
-    spec = ManifestSpec(data_dir=config.data_dir, split=config.split, box_sources=("gt",))
+    class_ids = read_label_map(config.data.label_map_path()).ids
+    spec = ManifestSpec(layout=config.data, split=config.split, box_sources=("gt",))
     clips, boxes = build_manifest(spec, config.sampling, config.backbone.stride)
     decoded = {}
     for index, tensor, error in progress(
-        in_background(decode_clips(clips, Path(config.data_dir) / "videos", config.sampling), maxsize=16),
+        in_background(decode_clips(clips, config.data.video, config.sampling), maxsize=16),
         total=len(clips),
         desc="decode clips",
         unit="clip",

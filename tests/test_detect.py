@@ -20,6 +20,7 @@ from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, 
 from torchvision.ops import box_iou
 
 from stages.data.ava import read_annotations, read_predicted_boxes
+from stages.data.layout import DataLayout
 from stages.data.synth import SynthConfig, generate
 from stages.detect import DetectConfig, _prepare_parts, detect
 from stages.metrics.detection import evaluate_detections
@@ -55,7 +56,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(data: Path, checkpoint: Path, out: Path, **overrides) -> DetectConfig:
     settings = dict(
-        data_dir=data,
+        data=DataLayout(data),
         split="val",
         out=out,
         checkpoint=checkpoint,

@@ -12,6 +12,7 @@ import pandas as pd
 from stages.data.act import read_dense_dataset
 from stages.data.ava import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
 from stages.data.dense import dense_annotations, dense_paths, label_ids, split_videos
+from stages.data.layout import DataLayout
 from stages.data.video import ClipSampling, VideoDecodeError, video_info
 from stages.metrics.boxes import iou_matrix
 
@@ -22,12 +23,12 @@ log = logging.getLogger(__name__)
 class ManifestSpec:
     """Which rows a store has: the data set's files of one split and which of their boxes to keep."""
 
-    data_dir: Path
+    layout: DataLayout
     split: str
     dataset: str = "ava"  # ava: keyframes are AVA seconds | dense: frames of an ACT/MOC pickle
     keyframe_stride: int = 1  # dense only: every k-th frame is a keyframe
     box_sources: tuple[str, ...] = ("gt", "det")
-    predicted_boxes: Path | None = None  # detector CSV (default: <data_dir>/predicted_boxes_<split>.csv)
+    predicted_boxes: Path | None = None  # detector CSV (default: the layout's predicted_boxes for the split)
     det_threshold: float = 0.5
     label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
 
@@ -39,7 +40,6 @@ def build_manifest(
 
     ``sampling`` and ``stride`` place the boxes on the backbone's feature map; ``flip`` mirrors them.
     """
-    data = Path(config.data_dir)
     gt, det_path, excluded = _source_tables(config)
     parts = []
     if "gt" in config.box_sources:
@@ -60,20 +60,20 @@ def build_manifest(
     clips["clip_index"] = np.arange(len(clips))
     boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
     boxes["box_index"] = np.arange(len(boxes))
-    _add_canvas_geometry(clips, boxes, data / "videos", sampling, stride, flip)
+    _add_canvas_geometry(clips, boxes, config.layout, sampling, stride, flip)
     return clips, boxes.drop(columns=["video_id", "timestamp"])
 
 
 def _source_tables(config: ManifestSpec) -> tuple[pd.DataFrame, Path, pd.DataFrame]:
     """Ground truth in AVA annotation form, the default predicted-box CSV, and the excluded keyframes."""
-    data = Path(config.data_dir)
-    label_map = read_label_map(data / "label_map.pbtxt")
+    layout = config.layout
+    label_map = read_label_map(layout.label_map_path())
     if config.dataset == "ava":
-        gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
-        excluded = _read_excluded(data / f"excluded_timestamps_{config.split}.csv")
-        return gt[gt["action_id"].isin(label_map.ids)], data / f"predicted_boxes_{config.split}.csv", excluded
+        gt = read_annotations(layout.annotations_path(config.split), label_map)
+        excluded = _read_excluded(layout.excluded_timestamps_path(config.split))
+        return gt[gt["action_id"].isin(label_map.ids)], layout.predicted_boxes_path(config.split), excluded
     if config.dataset == "dense":
-        gt_path, det_path = dense_paths(data, config.split)
+        gt_path, det_path = dense_paths(layout.root, config.split)
         ds = read_dense_dataset(gt_path)
         videos = split_videos(ds, config.split)
         gt = dense_annotations(ds, videos, label_ids(ds, label_map), config.keyframe_stride)
@@ -128,15 +128,18 @@ def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd
 
 
 def _add_canvas_geometry(
-    clips: pd.DataFrame, boxes: pd.DataFrame, video_dir: Path, sampling: ClipSampling, stride: int, flip: bool
+    clips: pd.DataFrame, boxes: pd.DataFrame, layout: DataLayout, sampling: ClipSampling, stride: int, flip: bool
 ) -> None:
-    """Frame size per clip, box pixels on the padded canvas (mirrored with ``flip``), the map's valid extent."""
+    """Frame size per clip, box pixels on the padded canvas (mirrored with ``flip``), the map's valid extent.
+
+    A video that is missing or unreadable gets size 0 here; decoding reports it as a failure of its clips.
+    """
     sizes = {}
     for video in clips["video_id"].unique():
         try:
-            _, _, h, w = video_info(video_dir / f"{video}.mp4")
+            _, _, h, w = video_info(layout.video(str(video)))
         except VideoDecodeError as err:
-            log.warning("%s", err)
+            log.debug("%s", err)
             h, w = 0, 0
         sizes[video] = (h, w)
     hw = np.array([sizes[v] for v in clips["video_id"]], dtype=np.int64).reshape(-1, 2)

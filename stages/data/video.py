@@ -12,7 +12,7 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -79,11 +79,47 @@ def _unclamped_indices(keyframe_index: int, sampling: ClipSampling) -> np.ndarra
     return start + np.arange(sampling.num_frames, dtype=np.int64) * sampling.frame_stride
 
 
-def _open(path: Path) -> av.container.InputContainer:
+@dataclass(frozen=True)
+class VideoSource:
+    """Where one video's frames are: a file FFmpeg reads (any container), or a folder of numbered images.
+
+    Image sequences (PySlowFast's AVA ``frames/<id>/<id>_%06d.jpg``) give ``path`` as the printf pattern and
+    their ``frame_rate``; ``time_offset_s`` is the data set's timestamp of the first frame (AVA's 15-minute cuts
+    start at 900 s), so keyframe ``t`` is frame ``round((t - time_offset_s) * fps)``.
+    """
+
+    path: Path
+    frame_rate: float | None = None  # image sequences only: files carry no rate
+    first_number: int = 1  # image sequences: the number of the first file
+    time_offset_s: float = 0.0
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.frame_rate is not None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def frame_count(self) -> int:
+        """Image sequences: the files present from ``first_number`` on without a gap (no decoding)."""
+        n = 0
+        while Path(str(self.path) % (self.first_number + n)).is_file():
+            n += 1
+        return n
+
+
+def _source(video: Path | str | VideoSource) -> VideoSource:
+    return video if isinstance(video, VideoSource) else VideoSource(Path(video))
+
+
+def _open(source: VideoSource) -> av.container.InputContainer:
     try:
-        return av.open(str(path), mode="r")
+        if source.is_sequence:
+            options = {"framerate": f"{source.frame_rate:g}", "start_number": str(source.first_number)}
+            return av.open(str(source.path), mode="r", format="image2", options=options)
+        return av.open(str(source.path), mode="r")
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise VideoDecodeError(f"{path}: cannot open video: {e}") from e
+        raise VideoDecodeError(f"{source}: cannot open video: {e}") from e
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
@@ -99,15 +135,19 @@ def _stream_fps(stream: av.video.stream.VideoStream, path: Path) -> float:
     return float(rate)
 
 
-def video_info(path: Path | str) -> tuple[int, float, int, int]:
-    """(num_frames, fps, height, width) from stream metadata, counting decoded frames when no count is declared."""
-    path = Path(path)
-    container = _open(path)
+def video_info(video: Path | str | VideoSource) -> tuple[int, float, int, int]:
+    """(num_frames, fps, height, width) from stream metadata, counting decoded frames when no count is declared.
+
+    Image sequences count their files instead (an AVA movie is 27k JPEGs; decoding them to count would be slow).
+    """
+    source = _source(video)
+    path = source.path
+    container = _open(source)
     try:
         stream = _video_stream(container, path)
         fps = _stream_fps(stream, path)
         height, width = stream.codec_context.height, stream.codec_context.width
-        num_frames = int(stream.frames or 0)
+        num_frames = source.frame_count() if source.is_sequence else int(stream.frames or 0)
         if num_frames <= 0:
             logger.debug("%s: no frame count in the container, counting decoded frames", path)
             try:
@@ -122,6 +162,7 @@ def video_info(path: Path | str) -> tuple[int, float, int, int]:
 @dataclass
 class _PendingClip:
     timestamp: float
+    key: int  # the keyframe's frame index
     indices: np.ndarray  # clamped below at 0, not yet above (the frame count is learned at EOF)
 
     @property
@@ -134,43 +175,55 @@ class _PendingClip:
 
 
 def iter_keyframe_clips(
-    path: Path | str,
+    video: Path | str | VideoSource,
     timestamps_s: Sequence[float],
     sampling: ClipSampling,
-    time_offset_s: float = 0.0,
+    time_offset_s: float | None = None,
+    on_outside: Callable[[float, str], None] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(timestamp, uint8 [T_f, H, W, 3] RGB)`` for each keyframe, in timestamp order, decoding once.
 
-    The keyframe's frame index is ``round((timestamp - time_offset_s) * fps)`` counted in decode order. Only
-    frames that a pending clip needs are converted to RGB and kept, so memory is bounded by one clip window.
-    Clips that reach past either end repeat the edge frame. Raises ``VideoDecodeError`` naming the file if it
-    cannot be opened, a packet fails to decode, or fewer frames decode than the container declares (truncation);
-    clips yielded before the failure are complete and correct.
+    The keyframe's frame index is ``round((timestamp - time_offset_s) * fps)`` counted in decode order
+    (``time_offset_s`` defaults to the source's). Only frames that a pending clip needs are converted to RGB and
+    kept, so memory is bounded by one clip window. Clips whose window reaches past either end repeat the edge
+    frame, as PySlowFast's loader does; a keyframe outside the video is not a clip at all (usually a wrong time
+    offset): it is not yielded and ``on_outside(timestamp, message)`` is called (without it, the message is
+    logged as an error). Raises ``VideoDecodeError`` naming the file if it cannot be opened, a packet fails to
+    decode, or fewer frames decode than the container declares (truncation); clips yielded before are correct.
     """
-    path = Path(path)
+    source = _source(video)
+    offset = source.time_offset_s if time_offset_s is None else time_offset_s
+    path = source.path
     order = sorted(range(len(timestamps_s)), key=lambda i: timestamps_s[i])
     if not order:
         return
-    container = _open(path)
+
+    def outside(ts: float, key: int, frames: int | str) -> None:
+        message = (
+            f"{path}: keyframe {ts:g} s is frame {key}, outside the video's {frames} frames "
+            f"(time offset {offset:g} s; AVA's 15-minute cuts need dataset.time_offset_s: 900)"
+        )
+        if on_outside is None:
+            logger.error("%s", message)
+        else:
+            on_outside(ts, message)
+
+    container = _open(source)
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         fps = _stream_fps(stream, path)
-        declared = int(stream.frames or 0)
+        declared = source.frame_count() if source.is_sequence else int(stream.frames or 0)
         pending: list[_PendingClip] = []
         for i in order:
             ts = float(timestamps_s[i])
-            key = round((ts - time_offset_s) * fps)
+            key = round((ts - offset) * fps)
             if key < 0 or (declared and key >= declared):
-                logger.warning(
-                    "%s: keyframe %.3f s -> frame %d lies outside the video (%s frames); edge frames repeat",
-                    path,
-                    ts,
-                    key,
-                    declared or "?",
-                )
-            pending.append(_PendingClip(ts, np.maximum(_unclamped_indices(key, sampling), 0)))
-        yield from _decode_and_emit(container, stream, path, pending, declared)
+                outside(ts, key, declared or "?")
+                continue
+            pending.append(_PendingClip(ts, key, np.maximum(_unclamped_indices(key, sampling), 0)))
+        if pending:
+            yield from _decode_and_emit(container, stream, path, pending, declared, outside)
     finally:
         container.close()
 
@@ -181,6 +234,7 @@ def _decode_and_emit(
     path: Path,
     pending: list[_PendingClip],
     declared: int,
+    outside: Callable[[float, int, int], None],
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Run the decoder front to back, emitting each clip as soon as its last frame has been decoded."""
     buffer: dict[int, np.ndarray] = {}
@@ -214,6 +268,9 @@ def _decode_and_emit(
     if num_frames - 1 not in buffer:
         buffer[num_frames - 1] = last_frame.to_ndarray(format="rgb24")
     for clip in pending[head:]:
+        if clip.key >= num_frames:  # the container declared no frame count, so this shows only now
+            outside(clip.timestamp, clip.key, num_frames)
+            continue
         indices = np.minimum(clip.indices, num_frames - 1)
         yield clip.timestamp, np.stack([buffer[int(i)] for i in indices])
 
@@ -257,32 +314,43 @@ def preprocess_clip(clip: np.ndarray, sampling: ClipSampling) -> tuple[torch.Ten
 
 
 def decode_clips(
-    clips: pd.DataFrame, video_dir: Path, sampling: ClipSampling, flip: bool = False, unit: str = "seconds"
+    clips: pd.DataFrame,
+    videos: Callable[[str], VideoSource],
+    sampling: ClipSampling,
+    flip: bool = False,
+    unit: str = "seconds",
 ) -> Iterator[tuple[int, torch.Tensor | None, str]]:
     """``(clip_index, preprocessed clip or None, error)`` for every row of ``clips``, decoding each video once.
 
-    A video that fails to decode yields None (with the error) for its clips not yet produced, so one corrupt
-    file costs its own clips only.
+    ``videos`` maps a video id to its source (``DataLayout.video``). A video that is missing or fails to decode
+    yields None (with the error) for its clips not yet produced, so one bad file costs its own clips only; a
+    keyframe outside its video yields None with its own message.
     """
     for video, group in clips.groupby("video_id", sort=False):
         indices = group["clip_index"].to_numpy()
-        path = video_dir / f"{video}.mp4"
         done: set[int] = set()
+        ts_to_index: dict[float, int] = {}
+        outside: dict[float, str] = {}
+        error = f"{video}: no clip decoded"
         try:
+            source = videos(str(video))
             seconds = group["timestamp"].to_numpy(np.float64)
-            if unit == "frames":  # 1-based frame numbers of the dense data sets
-                seconds = (seconds - 1) / video_info(path)[1]
+            if unit == "frames":  # 1-based frame numbers of the dense data sets: no time offset
+                seconds = (seconds - 1) / video_info(source)[1]
+                source = VideoSource(source.path, source.frame_rate, source.first_number, 0.0)
             ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
-            for ts, frames in iter_keyframe_clips(path, list(ts_to_index), sampling):
+            for ts, frames in iter_keyframe_clips(source, list(ts_to_index), sampling, on_outside=outside.__setitem__):
                 done.add(ts_to_index[ts])
                 if flip:
                     frames = frames[:, :, ::-1]
                 yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
         except VideoDecodeError as err:
             logger.warning("skipping the rest of %s: %s", video, err)
-            for index in indices.tolist():
-                if index not in done:
-                    yield index, None, str(err)
+            error = str(err)
+        problems = {ts_to_index[ts]: message for ts, message in outside.items()}
+        for index in indices.tolist():
+            if index not in done:
+                yield index, None, problems.get(index, error)
 
 
 T = TypeVar("T")
