@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,13 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file (as dvc.yaml uses it).")]
 DatasetOption = Annotated[
     str, typer.Option(help="Data set layout: ava (keyframes, AVA CSVs) or dense (per-frame tubes, dense/gt.pkl).")
+]
+AllowMissingOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing",
+        help="Go on when videos are missing or clips fail (listed, summarised); default: params allow_missing.",
+    ),
 ]
 log = logging.getLogger("pipeline")
 
@@ -51,12 +59,13 @@ def synth(
 
 
 @app.command()
-def finetune(params: ParamsOption = Path("params.yaml")) -> None:
+def finetune(allow_missing: AllowMissingOption = False, params: ParamsOption = Path("params.yaml")) -> None:
     """Fine-tune the backbone end to end with the linear RoI head; writes the checkpoint extract loads."""
     from pipeline import config as cfg
     from stages.finetune import finetune as run
 
-    metrics = run(cfg.finetune_config(cfg.load_params(params)))
+    config = cfg.finetune_config(cfg.load_params(params))
+    metrics = run(replace(config, allow_missing=True) if allow_missing else config)
     log.info("fine-tuned backbone: %s", metrics)
 
 
@@ -138,6 +147,7 @@ def extract(
     scheduler: Annotated[
         str | None, typer.Option(help="Address of a running dask.distributed scheduler to spread shards over.")
     ] = None,
+    allow_missing: AllowMissingOption = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Stage one: run the backbone over every keyframe clip and write the feature store of one split.
@@ -150,6 +160,7 @@ def extract(
     from stages.extract import extract as run
 
     config = cfg.extract_config(cfg.load_params(params), split, _names(heads), scale, flip, dataset)
+    config = replace(config, allow_missing=True) if allow_missing else config
     with _dask_client(workers, scheduler) as client:
         summary = run(config, cluster=client)
     log.info(
@@ -234,6 +245,14 @@ def verify(
 
     store = open_store(cfg.store_path(cfg.load_params(params), split))
     problems = store.verify()
+    failed = store.failed_clips()
+    if len(failed):
+        videos = sorted(set(store.clips["video_id"].to_numpy()[failed].tolist()))
+        problems.append(
+            f"{len(failed)} clips of {len(videos)} videos failed and hold zeros (accepted with --allow-missing): "
+            + ", ".join(videos[:5])
+            + (" ..." if len(videos) > 5 else "")
+        )
     for problem in problems:
         typer.echo(problem)
     typer.echo(f"{store.path}: {store.num_shards - len(store.missing_shards())}/{store.num_shards} shards complete")

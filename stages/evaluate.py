@@ -23,17 +23,18 @@ from stages.data.ava import (
     write_detections,
 )
 from stages.data.dense import dense_paths, label_ids, per_frame_detections
+from stages.data.layout import DataLayout
 from stages.metrics import dense as dense_eval
 from stages.metrics.ava import FrameMapResult, frame_map
 from stages.metrics.tubes import LinkParams, link_tubes, tubes_to_frame
-from stages.models.trained_head import load_head, predict, resolve_device
+from stages.models.trained_head import load_head, predict, resolve_device, skip_unknown_labels
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    data_dir: Path
+    data: DataLayout
     store: Path  # the evaluated split's store
     checkpoint: Path  # head.pt from train
     out_dir: Path
@@ -60,6 +61,16 @@ def detections_frame(store: Store, box_rows: np.ndarray, scores: np.ndarray, cla
             "score": scores.reshape(-1).astype(np.float64),
         }
     )
+
+
+def ground_truth(path: Path, label_map: LabelMap, label_map_path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every ground-truth row and the mask of those whose id is in the label map (the rest: one warning).
+
+    All rows are returned because the official evaluator scores a keyframe whose rows are all outside the
+    label map (its detections become false positives); :func:`frame_map` reads only the label map's classes.
+    """
+    gt = read_annotations(path)
+    return gt, skip_unknown_labels(gt["action_id"].to_numpy(), label_map.ids, str(path), str(label_map_path))
 
 
 def class_prior(annotations: pd.DataFrame, class_ids: Sequence[int]) -> np.ndarray:
@@ -89,18 +100,21 @@ def evaluate(config: EvaluateConfig) -> dict:
         return evaluate_dense(config)
     if config.dataset != "ava":
         raise ValueError(f"unknown dataset layout {config.dataset!r}; expected 'ava' or 'dense'")
-    data = Path(config.data_dir)
-    label_map = read_label_map(data / "label_map.pbtxt")
+    data = config.data
+    label_map_path = data.label_map_path()
+    label_map = read_label_map(label_map_path)
     store = open_store(config.store)
     device = resolve_device(config.device)
-    model, loss, class_ids = load_head(config.checkpoint, device)
+    model, loss, class_ids = load_head(config.checkpoint, device, store=store, split=config.split)
+    skip_unknown_labels(class_ids, label_map.ids, f"head {config.checkpoint} classes", str(label_map_path))
     rows, scores = predict(model, loss, store, config.box_source, device=device)
-    gt = read_annotations(data / "annotations" / f"{config.split}.csv", label_map)
-    excluded_path = data / f"excluded_timestamps_{config.split}.csv"
+    gt, _ = ground_truth(data.annotations_path(config.split), label_map, label_map_path)
+    excluded_path = data.excluded_timestamps_path(config.split)
     excluded = read_excluded_timestamps(excluded_path) if excluded_path.exists() else None
     detections = detections_frame(store, rows, scores, class_ids)
     result = frame_map(gt, detections, label_map.ids, label_map.categories, excluded)
-    prior = class_prior(read_annotations(data / "annotations" / f"{config.train_split}.csv", label_map), class_ids)
+    train_gt, known = ground_truth(data.annotations_path(config.train_split), label_map, label_map_path)
+    prior = class_prior(train_gt[known], class_ids)  # the actors training saw: extraction keeps known ids only
     prior_dets = detections_frame(store, rows, np.tile(prior, (len(rows), 1)), class_ids)
     prior_result = frame_map(gt, prior_dets, label_map.ids, label_map.categories, excluded)
 
@@ -135,14 +149,13 @@ def evaluate(config: EvaluateConfig) -> dict:
 
 def evaluate_dense(config: EvaluateConfig) -> dict:
     """Per-frame detections -> frame-mAP; MOC-linked tubes -> video-mAP (the data set's own protocol)."""
-    data = Path(config.data_dir)
-    label_map = read_label_map(data / "label_map.pbtxt")
-    gt_path, _ = dense_paths(data, config.split)
+    label_map = read_label_map(config.data.label_map_path())
+    gt_path, _ = dense_paths(config.data.root, config.split)
     dataset = read_dense_dataset(gt_path)
     ids = label_ids(dataset, label_map)
     store = open_store(config.store)
     device = resolve_device(config.device)
-    model, loss, class_ids = load_head(config.checkpoint, device)
+    model, loss, class_ids = load_head(config.checkpoint, device, store=store, split=config.split)
     rows, scores = predict(model, loss, store, config.box_source, device=device)
     boxes = store.boxes.iloc[rows]
     clips = store.clips.iloc[boxes["clip_index"].to_numpy()]

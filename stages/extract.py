@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,7 @@ from cache_spec import views as V
 from cache_spec.store import Store, create_store, open_store
 from stages.data.layout import DataLayout
 from stages.data.manifest import ManifestSpec, build_manifest
-from stages.data.video import ClipSampling, VideoSource, decode_clips, in_background
+from stages.data.video import ClipSampling, ClipsFailedError, VideoSource, decode_clips, in_background
 from stages.models.backbones import BackboneConfig, VideoBackbone, check_clip_size, load_backbone, pool_context
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class ExtractConfig:
     clips_per_shard: int = 128
     batch_clips: int = 8
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    allow_missing: bool = False  # accept failed clips (zeros, listed) instead of leaving their shards to redo
 
     @property
     def timestamp_unit(self) -> str:
@@ -210,6 +211,14 @@ class ExtractSummary:
     shards_written: int
     shards_skipped: int
     failed_videos: dict[str, str]
+    failed_clips: int = 0  # over the whole store: accepted (allow_missing) or in shards left to redo
+    shards_left: int = 0  # shards not marked done because clips failed in them
+
+
+class _Failures(NamedTuple):
+    videos: dict[str, str]  # video id -> first error
+    clips: int  # failed clips in the shards this run did
+    shards_left: int  # of those shards, how many were left undone (allow_missing off)
 
 
 def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster: Any = None) -> ExtractSummary:
@@ -220,7 +229,9 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster:
     process does them all.
     """
     model, weights = _prepared_backbone(config)
-    clips, boxes = build_manifest(config.manifest, config.input_sampling, config.backbone.stride, config.flip)
+    clips, boxes = build_manifest(
+        config.manifest, config.input_sampling, config.backbone.stride, config.flip, config.allow_missing
+    )
     store = create_store(
         config.out,
         fingerprint=fingerprint(config, weights),
@@ -240,11 +251,47 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster:
     else:
         del model  # each worker loads its own
         failures = _extract_on_cluster(config, todo, cluster, progress)
-    if failures:
-        table = pa.table({"video_id": list(failures), "error": list(failures.values())})
-        pq.write_table(table, store.path / "failures.parquet")
-        log.warning("%d video(s) failed to decode; listed in %s", len(failures), store.path / "failures.parquet")
-    return ExtractSummary(store.path, len(store.clips), len(store.boxes), len(todo), skipped, failures)
+    videos = _record_failures(store, failures.videos)
+    failed_clips = len(store.failed_clips()) + (failures.clips if failures.shards_left else 0)
+    summary = ExtractSummary(
+        store.path,
+        len(store.clips),
+        len(store.boxes),
+        len(todo) - failures.shards_left,
+        skipped,
+        videos,
+        failed_clips,
+        failures.shards_left,
+    )
+    if videos:
+        first = "; ".join(f"{v}: {e}" for v, e in list(videos.items())[:3])
+        what = (
+            f"{failed_clips} of {len(store.clips)} clips failed in {len(videos)} video(s), listed in "
+            f"{store.path / 'failures.parquet'} (first: {first})"
+        )
+        if not config.allow_missing:
+            raise ClipsFailedError(
+                f"{what}; {failures.shards_left} shard(s) left undone. Fix or add the videos (or the time offset) "
+                "and rerun to finish them, or accept the loss with --allow-missing (extract.allow_missing)"
+            )
+        log.warning("%s; accepted (allow_missing): their features are zeros and readers skip them", what)
+    return summary
+
+
+def _record_failures(store: Store, new: dict[str, str]) -> dict[str, str]:
+    """The store's ``failures.parquet``: this run's failed videos plus earlier ones whose clips are still failed.
+
+    A resume keeps the errors of accepted failures; a video that was fixed and redone leaves the table.
+    """
+    path = store.path / "failures.parquet"
+    old = pq.read_table(path).to_pydict() if path.exists() else {"video_id": [], "error": []}
+    still = set(store.clips["video_id"].to_numpy()[store.failed_clips()].tolist()) | set(new)
+    merged = {v: e for v, e in zip(old["video_id"], old["error"], strict=True) if v in still} | new
+    if merged:
+        pq.write_table(pa.table({"video_id": list(merged), "error": list(merged.values())}), path)
+    elif path.exists():
+        path.unlink()
+    return merged
 
 
 def _prepared_backbone(config: ExtractConfig) -> tuple[VideoBackbone, str]:
@@ -265,9 +312,14 @@ def extract_shards(
     model: VideoBackbone,
     shards: Sequence[int],
     progress: Callable[..., Any] = tqdm,
-) -> dict[str, str]:
-    """Decode, run and write the given shards of an existing store; returns the videos that failed."""
+) -> _Failures:
+    """Decode, run and write the given shards of an existing store; returns what failed.
+
+    A shard with failed clips is written and marked done only with ``allow_missing``; otherwise it is left for a
+    rerun (after the videos are fixed), so a store is never marked complete while clips are missing.
+    """
     failures: dict[str, str] = {}
+    failed_clips, left = 0, 0
     clip_video = store.clips["video_id"].to_numpy()
     n_todo = sum(store.shards[s].clip_stop - store.shards[s].clip_start for s in shards)
     clip_stream = in_background(
@@ -298,13 +350,17 @@ def extract_shards(
                 bar.update(len(batch))
                 batch = []
             for shard, buf in run_batch.finished_shards():
+                failed_clips += len(buf.failed)
+                if buf.failed and not config.allow_missing:
+                    left += 1
+                    continue
                 pending.append(writer.submit(store.write_shard, shard, buf.arrays, buf.failed))
         for future in pending:
             future.result()
-    return failures
+    return _Failures(failures, failed_clips, left)
 
 
-def _worker_task(config: ExtractConfig, shards: list[int]) -> dict[str, str]:
+def _worker_task(config: ExtractConfig, shards: list[int]) -> _Failures:
     """One dask task: this worker's shards of the (already created) store."""
     model, _ = _prepared_backbone(config)
     return extract_shards(config, open_store(config.out), model, shards, progress=silent_progress)
@@ -312,19 +368,22 @@ def _worker_task(config: ExtractConfig, shards: list[int]) -> dict[str, str]:
 
 def _extract_on_cluster(
     config: ExtractConfig, shards: Sequence[int], client: Any, progress: Callable[..., Any]
-) -> dict[str, str]:
+) -> _Failures:
     """Spread shards round-robin over the cluster's workers: one task per worker, so one model load each."""
     from distributed import as_completed
 
     workers = max(1, len(client.scheduler_info()["workers"]))
     groups = [list(shards[i::workers]) for i in range(workers) if shards[i::workers]]
     futures = {client.submit(_worker_task, config, group, pure=False): len(group) for group in groups}
-    failures: dict[str, str] = {}
+    videos: dict[str, str] = {}
+    clips, left = 0, 0
     with progress(total=len(shards), unit="shard", desc=f"extract {config.split} on {workers} workers") as bar:
         for future in as_completed(futures):
-            failures.update(future.result())
+            part = future.result()
+            videos.update(part.videos)
+            clips, left = clips + part.clips, left + part.shards_left
             bar.update(futures[future])
-    return failures
+    return _Failures(videos, clips, left)
 
 
 class silent_progress:  # noqa: N801 - a tqdm stand-in, called like the class it replaces

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from stages.data.ava import read_label_map
 from stages.data.layout import DataLayout
 from stages.data.manifest import ManifestSpec, build_manifest
-from stages.data.video import ClipSampling, decode_clips, in_background
+from stages.data.video import ClipSampling, ClipsFailedError, decode_clips, in_background
 from stages.models.backbones import BackboneConfig, VideoBackbone, backbone_checkpoint, load_backbone, pool_context
 from stages.models.slowfast import roi_pool_features
 from stages.models.trained_head import multi_hot, resolve_device
@@ -47,6 +47,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    allow_missing: bool = False  # train on the clips that decode when some cannot (listed) instead of failing
 
 
 class RoIDetector(nn.Module):
@@ -71,8 +72,9 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
     device = resolve_device(config.device)
     class_ids = read_label_map(config.data.label_map_path()).ids
     spec = ManifestSpec(layout=config.data, split=config.split, box_sources=("gt",))
-    clips, boxes = build_manifest(spec, config.sampling, config.backbone.stride)
+    clips, boxes = build_manifest(spec, config.sampling, config.backbone.stride, allow_missing=config.allow_missing)
     decoded = {}
+    failed: dict[int, str] = {}
     for index, tensor, error in progress(
         in_background(decode_clips(clips, config.data.video, config.sampling), maxsize=16),
         total=len(clips),
@@ -80,9 +82,15 @@ def finetune(config: FinetuneConfig, progress: Callable[..., Any] = tqdm) -> dic
         unit="clip",
     ):
         if tensor is None:
-            log.warning("clip %d left out of fine-tuning: %s", index, error)
+            failed[index] = error
         else:
             decoded[index] = tensor.half()
+    if failed:
+        first = "; ".join(list(dict.fromkeys(failed.values()))[:3])
+        what = f"{len(failed)} of {len(clips)} clips could not be decoded (first: {first})"
+        if not config.allow_missing:
+            raise ClipsFailedError(f"{what}; fix the videos, or train on the rest with --allow-missing")
+        log.warning("%s; fine-tuning on the other %d (allow_missing)", what, len(decoded))
     usable = np.array(sorted(decoded))
     targets = torch.from_numpy(multi_hot(boxes["labels"], class_ids))
     map_boxes = torch.from_numpy(boxes[["fx1", "fy1", "fx2", "fy2"]].to_numpy(np.float32))

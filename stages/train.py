@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from cache_spec.reader import ClipBatchLoader
 from cache_spec.store import open_store
-from cache_spec.views import get_view
 from heads import build_head
 from stages.data.ava import POSE, read_label_map
-from stages.models.trained_head import action_loss, box_mask, multi_hot, resolve_device, to_tensors
+from stages.models.trained_head import action_loss, box_mask, multi_hot, require_views, resolve_device, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,24 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
     label_map = read_label_map(config.label_map)
     class_ids = label_map.ids
     model = build_head(config.head, store.dims, len(class_ids), **dict(config.head_options)).to(device)
-    missing = [v for v in model.views if v not in store.views and get_view(v).source == "store"]
-    if missing:
-        raise ValueError(
-            f"head {config.head!r} reads view(s) {missing} that store {store.path} lacks (it holds "
-            f"{', '.join(store.views)}). Add them with: pipeline extract --split <split> --heads {config.head}"
-        )
+    require_views(config.head, model.views, store)
+    trained = box_mask(store, config.box_source)
     loader = ClipBatchLoader(
         store,
         model.views,
         batch_clips=config.batch_clips,
         seed=config.seed,
-        box_mask=box_mask(store, config.box_source),
+        box_mask=trained,
         memory_budget_bytes=config.memory_budget_mb << 20,
     )
     if loader.num_boxes == 0:
         raise ValueError(f"store {store.path} has no {config.box_source!r} boxes to train on")
-    targets = torch.from_numpy(multi_hot(store.boxes["labels"], class_ids))
+    # labels outside the label map are skipped with one warning (counted over the boxes trained on), as evaluate
+    # skips them in the ground truth
+    targets_np = np.zeros((len(store.boxes), len(class_ids)), np.float32)
+    source = f"store {store.path} ({config.box_source} boxes)"
+    targets_np[trained] = multi_hot(store.boxes["labels"][trained], class_ids, source, str(config.label_map))
+    targets = torch.from_numpy(targets_np)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs * len(loader))
     loss_fn = action_loss(config.loss, label_map).to(device)
@@ -108,6 +109,7 @@ def train(config: TrainConfig, progress: Callable[..., Any] = tqdm) -> TrainResu
             "class_ids": list(class_ids),
             "loss": config.loss,
             "pose_columns": [i for i, c in enumerate(class_ids) if label_map.categories[c] == POSE],
+            # evaluate refuses a store whose backbone, weights or clip sampling differ from these
             "store_fingerprint": json.dumps(store.fingerprint, sort_keys=True, default=str),
             "state_dict": model.state_dict(),
         },

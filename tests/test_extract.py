@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,9 @@ from cache_spec.store import StoreMismatchError, open_store
 from cache_spec.views import CONTEXT_MAP, ROI_POOLED, ROI_SPATIAL
 from pipeline.config import extract_config
 from stages.data.ava import read_annotations
+from stages.data.manifest import MissingVideosError
+from stages.data.synth.writers import write_video
+from stages.data.video import ClipsFailedError, video_info
 from stages.extract import compute_views, extract
 
 
@@ -111,6 +115,7 @@ def test_corrupt_video_is_recorded_and_the_rest_completes(tiny_params, tiny_data
     victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
     victim.write_bytes(victim.read_bytes()[:2000])  # truncated mid-stream
     tiny_params["paths"]["data"] = str(data)
+    tiny_params["extract"]["allow_missing"] = True
     config = extract_config(tiny_params, "train")
     summary = extract(config)
     assert list(summary.failed_videos) == [victim.stem]
@@ -201,3 +206,52 @@ def test_extraction_spread_over_dask_workers_equals_one_process(tiny_params, tmp
     assert distributed_store.verify() == []
     for view in (ROI_POOLED, CONTEXT_MAP):
         np.testing.assert_array_equal(distributed_store.read_view(view), single.read_view(view))
+
+
+def test_a_missing_video_fails_before_anything_is_written(tiny_params, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+    victim.rename(victim.with_suffix(".bak"))
+    tiny_params["paths"]["data"] = str(data)
+    config = extract_config(tiny_params, "train")
+    with pytest.raises(MissingVideosError, match=rf"1 of 3 videos cannot be read: .*{victim.stem}.*--allow-missing"):
+        extract(config)
+    assert not config.out.exists()
+
+
+def test_failed_clips_leave_their_shards_undone_and_fail_the_run(tiny_params, tiny_data, tmp_path):
+    """Nothing silent: without allow_missing the run fails naming the video, and those shards are redone later."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+    original = victim.read_bytes()
+    _, fps, _, _ = video_info(victim)
+    with av.open(str(victim)) as container:  # the same video cut to its first half second: later keyframes fail
+        frames = zip(range(round(fps / 2)), container.decode(video=0), strict=False)
+        head = [f.to_ndarray(format="rgb24") for _, f in frames]
+    write_video(np.stack(head), victim, round(fps))
+    tiny_params["paths"]["data"] = str(data)
+    config = extract_config(tiny_params, "train")
+    with pytest.raises(ClipsFailedError, match=rf"clips failed in 1 video.*{victim.stem}.*--allow-missing"):
+        extract(config)
+    store = open_store(config.out)
+    left = store.missing_shards()
+    assert left and not store.is_complete()
+    victim_shards = store.clips.loc[store.clips["video_id"] == victim.stem, "clip_index"] // store.clips_per_shard
+    assert set(victim_shards) == set(left)
+    victim.write_bytes(original)  # the user restores the video: the rerun does exactly the undone shards
+    summary = extract(config)
+    assert summary.shards_written == len(left) and summary.failed_clips == 0 and summary.failed_videos == {}
+    assert open_store(config.out).is_complete() and not (config.out / "failures.parquet").exists()
+
+
+def test_a_wrong_time_offset_fails_every_clip_by_name(tiny_params, tiny_data):
+    tiny_params["dataset"] = {"time_offset_s": 900}  # the synthetic videos start at 0 s
+    config = extract_config(tiny_params, "val")
+    with pytest.raises(
+        ClipsFailedError,
+        match=r"outside the video's \d+ frames \(with a time offset of 900 s: check dataset.time_offset_s",
+    ):
+        extract(config)
+    assert open_store(config.out).missing_shards() == list(range(open_store(config.out).num_shards))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cache_spec.errors import InputError
 from stages.data.act import read_dense_dataset
 from stages.data.ava import read_annotations, read_excluded_timestamps, read_label_map, read_predicted_boxes
 from stages.data.dense import dense_annotations, dense_paths, label_ids, split_videos
@@ -33,12 +34,17 @@ class ManifestSpec:
     label_iou: float = 0.5  # a detection takes the labels of the GT box it overlaps at least this much
 
 
+class MissingVideosError(InputError):
+    """Videos the annotations name are missing or unreadable (their frame size, part of the rows, is unknown)."""
+
+
 def build_manifest(
-    config: ManifestSpec, sampling: ClipSampling, stride: int, flip: bool = False
+    config: ManifestSpec, sampling: ClipSampling, stride: int, flip: bool = False, allow_missing: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Clips (keyframes with at least one box) and their boxes, with box geometry on the padded canvas.
 
-    ``sampling`` and ``stride`` place the boxes on the backbone's feature map; ``flip`` mirrors them.
+    ``sampling`` and ``stride`` place the boxes on the backbone's feature map; ``flip`` mirrors them. A video that
+    cannot be opened is an error naming it (``allow_missing``: its clips stay in, sized 0, and fail to decode).
     """
     gt, det_path, excluded = _source_tables(config)
     parts = []
@@ -60,7 +66,14 @@ def build_manifest(
     clips["clip_index"] = np.arange(len(clips))
     boxes["clip_index"] = np.repeat(clips["clip_index"].to_numpy(), clips["box_count"].to_numpy())
     boxes["box_index"] = np.arange(len(boxes))
-    _add_canvas_geometry(clips, boxes, config.layout, sampling, stride, flip)
+    missing = _add_canvas_geometry(clips, boxes, config.layout, sampling, stride, flip)
+    if missing:
+        counts = clips["video_id"].value_counts()
+        listed = "; ".join(f"{err} ({counts[v]} clips)" for v, err in list(missing.items())[:3])
+        what = f"{len(missing)} of {clips['video_id'].nunique()} videos cannot be read: {listed}"
+        if not allow_missing:
+            raise MissingVideosError(f"{what}. Add them (or fix dataset: in params.yaml), or pass --allow-missing")
+        log.warning("%s; accepted (allow_missing): their clips will fail", what)
     return clips, boxes.drop(columns=["video_id", "timestamp"])
 
 
@@ -129,17 +142,18 @@ def _label_detections(det: pd.DataFrame, gt: pd.DataFrame, min_iou: float) -> pd
 
 def _add_canvas_geometry(
     clips: pd.DataFrame, boxes: pd.DataFrame, layout: DataLayout, sampling: ClipSampling, stride: int, flip: bool
-) -> None:
+) -> dict[str, str]:
     """Frame size per clip, box pixels on the padded canvas (mirrored with ``flip``), the map's valid extent.
 
-    A video that is missing or unreadable gets size 0 here; decoding reports it as a failure of its clips.
+    Returns the videos that cannot be read (video id -> error); they get size 0.
     """
     sizes = {}
+    missing: dict[str, str] = {}
     for video in clips["video_id"].unique():
         try:
             _, _, h, w = video_info(layout.video(str(video)))
         except VideoDecodeError as err:
-            log.debug("%s", err)
+            missing[str(video)] = str(err)
             h, w = 0, 0
         sizes[video] = (h, w)
     hw = np.array([sizes[v] for v in clips["video_id"]], dtype=np.int64).reshape(-1, 2)
@@ -157,6 +171,7 @@ def _add_canvas_geometry(
     boxes["fx2"] = x2 * valid_w[per_box] / stride
     boxes["fy1"] = boxes["y1"].to_numpy() * valid_h[per_box] / stride
     boxes["fy2"] = boxes["y2"].to_numpy() * valid_h[per_box] / stride
+    return missing
 
 
 def _fit_scale(height: int, width: int, sampling: ClipSampling) -> float:

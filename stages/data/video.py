@@ -34,6 +34,10 @@ _TRUNCATION_SLACK_FRACTION = 0.02
 _TRUNCATION_SLACK_FRAMES = 2
 
 
+class ClipsFailedError(InputError):
+    """Clips could not be built (missing or broken videos, keyframes outside their video) and were not allowed to."""
+
+
 class VideoDecodeError(InputError, RuntimeError):
     """A video could not be opened or decoded; the message names the file and the step that failed."""
 
@@ -201,7 +205,7 @@ def iter_keyframe_clips(
     def outside(ts: float, key: int, frames: int | str) -> None:
         message = (
             f"{path}: keyframe {ts:g} s is frame {key}, outside the video's {frames} frames "
-            f"(time offset {offset:g} s; AVA's 15-minute cuts need dataset.time_offset_s: 900)"
+            f"(with a time offset of {offset:g} s: check dataset.time_offset_s; AVA's 15-minute cuts start at 900 s)"
         )
         if on_outside is None:
             logger.error("%s", message)

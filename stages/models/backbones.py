@@ -482,6 +482,11 @@ def load_backbone(config: BackboneConfig) -> tuple[VideoBackbone, str]:
     if config.checkpoint is None:
         return backbone.eval(), f"random-init(seed={config.seed})"
     path = Path(config.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no such backbone checkpoint. Run `pipeline finetune` first (it writes backbone.checkpoint), "
+            "point backbone.checkpoint at a public checkpoint, or set it to null for random weights"
+        )
     if isinstance(backbone, SlowFastBackbone):
         load_backbone_checkpoint(backbone.model, path, config.checkpoint_layout)
     else:

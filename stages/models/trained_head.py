@@ -2,18 +2,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from cache_spec.reader import ClipBatch, ClipBatchLoader
-from cache_spec.store import Store
+from cache_spec.store import Store, StoreMismatchError
+from cache_spec.views import get_view
 from heads import Head, build_head
 from stages.data.ava import POSE, LabelMap
 from stages.models.losses import ActionLoss
+
+log = logging.getLogger(__name__)
+
+# Store fingerprint fields that may differ between the store a head was trained on and the one it scores:
+# which rows a store holds (split, manifest, box sources and their thresholds, keyframe stride), how they are laid
+# out (views, dtype, clips_per_shard), test-time variants (scale, flip, and the dims the scale changes) and where
+# each row's clip lies in its video (the data set's time offsets; a per-video table would list every video).
+# Every other field (backbone, its architecture, weights, clip sampling, decoding from videos or JPEG frames, the
+# ava/dense layout) decides what the features mean, so a new fingerprint field is compared unless it is added here.
+PER_STORE_FIELDS = frozenset(
+    {
+        "split",
+        "manifest",
+        "box_sources",
+        "predicted_boxes",
+        "det_threshold",
+        "label_iou",
+        "keyframe_stride",
+        "views",
+        "dtype",
+        "clips_per_shard",
+        "scale",
+        "flip",
+        "dims",
+        "time_offset_s",
+        "time_offsets",
+    }
+)
+MAX_LISTED = 5  # differing fields named in the refusal
+_ABSENT = "<absent>"  # a key one of two nested fingerprint values lacks
+RETRAIN_HINT = (
+    "re-extract the train split and retrain: `pipeline extract --split train && pipeline train-head` (or `dvc repro`)"
+)
+
+
+class HeadStoreMismatchError(StoreMismatchError, ValueError):
+    """A head and a store that do not go together: features of another backbone, or views the store lacks."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,15 +72,122 @@ def box_mask(store: Store, source: str) -> np.ndarray:
     return (store.boxes["source"] == source).to_numpy()
 
 
-def multi_hot(labels: pd.Series, class_ids: Sequence[int]) -> np.ndarray:
-    """[n_boxes, n_classes] float32 targets from the manifest's per-box label lists (unknown ids ignored)."""
+def skip_unknown_labels(
+    action_ids: np.ndarray | Sequence[int], known: Collection[int], source: str, label_map: str = "the label map"
+) -> np.ndarray:
+    """Mask of the ids in ``known``; the others are reported in one warning (count and ids), never dropped silently.
+
+    Training and evaluation both skip ids outside the label map, as the official AVA evaluator does, so a
+    label file that trains also evaluates and both say what they left out.
+    """
+    ids = np.asarray(action_ids, dtype=np.int64).reshape(-1)
+    keep = np.isin(ids, np.asarray(list(known), dtype=np.int64))
+    if not keep.all():
+        unknown, counts = np.unique(ids[~keep], return_counts=True)
+        shown = ", ".join(f"{u} ({c}x)" for u, c in zip(unknown[:20], counts[:20], strict=True))
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        log.warning(
+            "%s: skipping %d of %d labels whose action id is not in %s: ids %s%s "
+            "(the official AVA evaluator skips them too)",
+            source,
+            int((~keep).sum()),
+            len(ids),
+            label_map,
+            shown,
+            more,
+        )
+    return keep
+
+
+def multi_hot(
+    labels: pd.Series,
+    class_ids: Sequence[int],
+    source: str = "store labels",
+    label_map: str = "the label map",
+) -> np.ndarray:
+    """[n_boxes, n_classes] float32 targets from the manifest's per-box label lists.
+
+    Ids outside ``class_ids`` are skipped with one warning (see :func:`skip_unknown_labels`).
+    """
+    lengths = np.fromiter((len(ids) for ids in labels), np.int64, count=len(labels))
+    flat = np.fromiter((int(a) for ids in labels for a in ids), np.int64, count=int(lengths.sum()))
+    owner = np.repeat(np.arange(len(labels)), lengths)
+    keep = skip_unknown_labels(flat, class_ids, source, label_map)
     column = {c: i for i, c in enumerate(class_ids)}
     targets = np.zeros((len(labels), len(class_ids)), np.float32)
-    for row, ids in enumerate(labels):
-        for action in ids:
-            if int(action) in column:
-                targets[row, column[int(action)]] = 1.0
+    targets[owner[keep], np.array([column[int(a)] for a in flat[keep]], np.int64)] = 1.0
     return targets
+
+
+def require_views(head: str, views: Sequence[str], store: Store, split: str = "<split>") -> None:
+    """Refuse a store that lacks a view the head reads, naming the extract command that adds it."""
+    missing = [v for v in views if v not in store.views and get_view(v).source == "store"]
+    if missing:
+        raise HeadStoreMismatchError(
+            f"head {head!r} reads view(s) {missing} that store {store.path} lacks (it holds "
+            f"{', '.join(store.views)}). Add them with: pipeline extract --split {split} --heads {head}"
+        )
+
+
+def feature_differences(trained: Mapping[str, Any], scored: Mapping[str, Any]) -> list[str]:
+    """``field A -> B`` for each fingerprint field that decides what the features mean and differs.
+
+    Only fields both fingerprints have are compared, minus :data:`PER_STORE_FIELDS`. Nested fields (sampling,
+    backbone_config) name only their differing keys, and at most :data:`MAX_LISTED` are listed, so the
+    message stays one readable line.
+    """
+    keys = (set(trained) & set(scored)) - PER_STORE_FIELDS
+    diffs = _differences({k: trained[k] for k in keys}, {k: scored[k] for k in keys}, "")
+    if len(diffs) > MAX_LISTED:
+        diffs = [*diffs[:MAX_LISTED], f"and {len(diffs) - MAX_LISTED} more"]
+    return diffs
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b), key=str):
+        x, y = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if _canonical(x) == _canonical(y):
+            continue
+        if isinstance(x, Mapping) and isinstance(y, Mapping):
+            diffs.extend(_differences(x, y, f"{prefix}{key}."))
+        else:
+            diffs.append(f"{prefix}{key} {_brief(x)} -> {_brief(y)}")
+    return diffs
+
+
+def check_same_features(trained: Mapping[str, Any], store: Store, checkpoint: Path) -> None:
+    """Refuse to score a head on features of another backbone, weights or clip sampling than it was trained on.
+
+    Scores of a head on another backbone's features are meaningless yet look like numbers, so this is an error.
+    A field only one fingerprint has (a store written before the field existed) cannot be compared: warned.
+    """
+    scored = store.fingerprint
+    one_sided = sorted((set(trained) ^ set(scored)) - PER_STORE_FIELDS)
+    if one_sided:
+        log.warning(
+            "%s: fingerprint field(s) %s not checked: the head's training store or store %s predates them",
+            checkpoint,
+            ", ".join(one_sided),
+            store.path,
+        )
+    diffs = feature_differences(trained, scored)
+    if diffs:
+        sides = f"{trained.get('split', 'train')} store -> {scored.get('split', 'scored')} store"
+        raise HeadStoreMismatchError(
+            f"head {checkpoint} was trained on features that store {store.path} does not hold "
+            f"({sides}: {'; '.join(diffs)}); {RETRAIN_HINT}"
+        )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _brief(value: Any, limit: int = 48) -> str:
+    """A value as JSON, cut to ``limit`` characters (a whole backbone config would drown the message)."""
+    text = value if value is _ABSENT else _canonical(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def to_tensors(batch: ClipBatch, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -52,9 +200,26 @@ def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
     return ActionLoss(kind, [i for i, c in enumerate(label_map.ids) if label_map.categories[c] == POSE])
 
 
-def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Head, ActionLoss, list[int]]:
-    """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed."""
+def load_head(
+    checkpoint: Path, device: torch.device | str = "cpu", store: Store | None = None, split: str = "<split>"
+) -> tuple[Head, ActionLoss, list[int]]:
+    """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed.
+
+    With ``store`` (the one it is about to score) the head is refused unless the store holds its views and
+    features of the backbone, weights and clip sampling it was trained on (``split`` goes into the fix).
+    """
     state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if store is not None:
+        recorded = state.get("store_fingerprint")
+        if recorded is None:
+            log.warning(
+                "%s records no training-store fingerprint (written by an older version): cannot check that "
+                "store %s holds features of the same backbone, weights and clip sampling; retrain to enable the check",
+                checkpoint,
+                store.path,
+            )
+        else:
+            check_same_features(json.loads(recorded), store, checkpoint)
     try:
         model = build_head(state["head"], state["dims"], len(state["class_ids"]), **state["options"])
     except TypeError as err:  # a head whose option names changed since the file was written
@@ -62,6 +227,8 @@ def load_head(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Hea
             f"{checkpoint}: the {state['head']} head no longer takes the options it was saved with "
             f"({state['options']}): {err}; retrain it (dvc repro, or pipeline train-head)"
         ) from None
+    if store is not None:
+        require_views(state["head"], model.views, store, split)
     model.load_state_dict(state["state_dict"])
     loss = ActionLoss(state.get("loss", "bce"), state.get("pose_columns", [])).to(device)
     return model.to(device).eval(), loss, [int(c) for c in state["class_ids"]]
