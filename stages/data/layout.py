@@ -37,7 +37,7 @@ class DataLayout:
     excluded_timestamps: str = "excluded_timestamps_{split}.csv"
     videos: str = "videos"  # folder of <video_id><extension>, first match in ``extensions``
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
-    frames: str | None = None  # instead of videos: "frames/{video_id}/{video_id}_%06d.jpg"
+    frames: str | None = None  # frame folders, used where one exists: "frames/{video_id}/{video_id}_%06d.jpg"
     frame_rate: float = 30.0  # of the frame folders (PySlowFast's AVA frames: 30)
     time_offset_s: float = 0.0  # the timestamp of every video's first frame (AVA: 900)
     time_offsets: str | None = None  # CSV of video_id,offset_s overriding time_offset_s (AVA-Kinetics)
@@ -59,20 +59,23 @@ class DataLayout:
         return self.path(self.excluded_timestamps, split)
 
     def video(self, video_id: str) -> VideoSource:
-        """The source of one video: its frame folder, or the first ``<id><ext>`` file that exists."""
+        """The source of one video: its frame folder if ``frames`` is set and it exists, else the first
+        ``<id><ext>`` file that exists (so a data set may mix both)."""
         offset = self.offsets().get(video_id, self.time_offset_s)
         if self.frames is not None:
             pattern = self.root / self.frames.format(video_id=video_id)
             self._inside(self.root, pattern.parent, video_id)
-            if not pattern.parent.is_dir():
-                raise VideoDecodeError(f"{pattern.parent}: no frame folder for video {video_id!r}")
-            return VideoSource(pattern, frame_rate=self.frame_rate, time_offset_s=offset)
+            if pattern.parent.is_dir():
+                return VideoSource(pattern, frame_rate=self.frame_rate, time_offset_s=offset)
         folder = self.root / self.videos
         for ext in self.extensions:
             candidate = self._inside(folder, folder / f"{video_id}{ext}", video_id)
             if candidate.is_file():
                 return VideoSource(candidate, time_offset_s=offset)
-        raise VideoDecodeError(f"{folder}: no video file for {video_id!r} (looked for {', '.join(self.extensions)})")
+        frames = "" if self.frames is None else f" and no frame folder {self.frames.format(video_id=video_id)}"
+        raise VideoDecodeError(
+            f"{folder}: no video file for {video_id!r} (looked for {', '.join(self.extensions)}){frames}"
+        )
 
     def offsets(self) -> dict[str, float]:
         """Per-video time offsets from ``time_offsets`` (empty when not set)."""
