@@ -137,3 +137,22 @@ def test_other_callables_are_refused(tmp_path: Path, module: str, name: str) -> 
     path.write_bytes(b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n.")
     with pytest.raises(UnsafePickleError, match=f"{module}.{name}"):
         load_pickle(path)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"ccopyreg\n_reconstructor\n}(X\x01\x00\x00\x00xK\x01ub.",  # BUILD: a dict state on an allowed function
+        b"ccopyreg\n_reconstructor\nN}(X\x01\x00\x00\x00xK\x01u\x86b.",  # BUILD: a slot state on it
+        b"cbuiltins\ndict\n}(X\x01\x00\x00\x00xK\x01ub.",  # BUILD on an allowed type
+    ],
+    ids=["function-dict-state", "function-slot-state", "type-state"],
+)
+def test_a_pickle_cannot_set_attributes_on_allowed_callables(tmp_path: Path, payload: bytes) -> None:
+    import copyreg
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match="evil.pkl"):
+        load_pickle(path)
+    assert not hasattr(copyreg._reconstructor, "x") and not hasattr(dict, "x")
