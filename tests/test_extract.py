@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import av
 import numpy as np
@@ -109,12 +110,17 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_result(tiny_params,
         np.testing.assert_array_equal(resumed.read_view(view), full.read_view(view))
 
 
-def test_corrupt_video_is_recorded_and_the_rest_completes(tiny_params, tiny_data, tmp_path):
+def _copy_with_victim(tiny_params: dict, tiny_data: Path, tmp_path: Path) -> Path:
+    """A copy of the data set the params point at, and the video of it a test is about to damage."""
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
-    victim.write_bytes(victim.read_bytes()[:2000])  # truncated mid-stream
     tiny_params["paths"]["data"] = str(data)
+    return sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+
+
+def test_corrupt_video_is_recorded_and_the_rest_completes(tiny_params, tiny_data, tmp_path):
+    victim = _copy_with_victim(tiny_params, tiny_data, tmp_path)
+    victim.write_bytes(victim.read_bytes()[:2000])  # truncated mid-stream
     tiny_params["extract"]["allow_missing"] = True
     config = extract_config(tiny_params, "train")
     summary = extract(config)
@@ -209,11 +215,8 @@ def test_extraction_spread_over_dask_workers_equals_one_process(tiny_params, tmp
 
 
 def test_a_missing_video_fails_before_anything_is_written(tiny_params, tiny_data, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+    victim = _copy_with_victim(tiny_params, tiny_data, tmp_path)
     victim.rename(victim.with_suffix(".bak"))
-    tiny_params["paths"]["data"] = str(data)
     config = extract_config(tiny_params, "train")
     with pytest.raises(MissingVideosError, match=rf"1 of 3 videos cannot be read: .*{victim.stem}.*--allow-missing"):
         extract(config)
@@ -222,16 +225,13 @@ def test_a_missing_video_fails_before_anything_is_written(tiny_params, tiny_data
 
 def test_failed_clips_leave_their_shards_undone_and_fail_the_run(tiny_params, tiny_data, tmp_path):
     """Nothing silent: without allow_missing the run fails naming the video, and those shards are redone later."""
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    victim = sorted((data / "videos").glob("synth_train_*.mp4"))[1]
+    victim = _copy_with_victim(tiny_params, tiny_data, tmp_path)
     original = victim.read_bytes()
     _, fps, _, _ = video_info(victim)
     with av.open(str(victim)) as container:  # the same video cut to its first half second: later keyframes fail
         frames = zip(range(round(fps / 2)), container.decode(video=0), strict=False)
         head = [f.to_ndarray(format="rgb24") for _, f in frames]
     write_video(np.stack(head), victim, round(fps))
-    tiny_params["paths"]["data"] = str(data)
     config = extract_config(tiny_params, "train")
     with pytest.raises(ClipsFailedError, match=rf"clips failed in 1 video.*{victim.stem}.*--allow-missing"):
         extract(config)
