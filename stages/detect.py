@@ -39,7 +39,7 @@ from stages.data.ava import (
     read_predicted_boxes,
     write_predicted_boxes,
 )
-from stages.data.layout import DataLayout
+from stages.data.layout import DataLayout, plain_video_id
 from stages.data.video import ClipSampling, VideoDecodeError, in_background, iter_keyframe_clips
 from stages.models.detector import ARCHITECTURE, build_detector, load_detector_checkpoint, person_detections
 from stages.models.trained_head import resolve_device
@@ -178,7 +178,7 @@ def _atomic_write_boxes(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _part_path(parts: Path, video: str) -> Path:
-    return parts / f"{video}.csv"
+    return parts / f"{plain_video_id(video)}.csv"
 
 
 def _keyframes(annotations: Path) -> dict[str, list[int]]:

@@ -336,3 +336,13 @@ def test_edge_cases() -> None:
     assert np.isnan(no_gt["person_ap"]) and np.isnan(no_gt["person_ar"])
     with pytest.raises(ValueError, match="lacks columns"):
         evaluate_detections(gt, gt)
+
+
+def test_a_video_id_never_becomes_a_path_outside_the_parts_folder(tmp_path: Path) -> None:
+    from stages.data.layout import LayoutError
+    from stages.detect import _part_path
+
+    assert _part_path(tmp_path, "-5KQ66BBWC4") == tmp_path / "-5KQ66BBWC4.csv"
+    for hostile in ("../../x", "/abs/x", "a/b"):
+        with pytest.raises(LayoutError, match="not a plain name"):
+            _part_path(tmp_path, hostile)

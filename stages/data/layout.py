@@ -26,6 +26,18 @@ class LayoutError(VideoDecodeError):
     """A path from the data set's files escapes its folder, or an offsets file is malformed."""
 
 
+def plain_video_id(video_id: str) -> str:
+    """``video_id`` if it is a plain file name; ids come from users' CSVs and become file names, never paths."""
+    if (
+        not video_id
+        or video_id in (".", "..")
+        or any(c in video_id for c in ("/", "\\", "\0"))
+        or Path(video_id).is_absolute()
+    ):
+        raise LayoutError(f"video id {video_id!r} is not a plain name (no path separators, '..' or NUL)")
+    return video_id
+
+
 @dataclass(frozen=True)
 class DataLayout:
     """A data set's files: ``{split}`` in a template is the split name, ``{video_id}`` the video id."""
@@ -61,6 +73,7 @@ class DataLayout:
     def video(self, video_id: str) -> VideoSource:
         """The source of one video: its frame folder if ``frames`` is set and it exists, else the first
         ``<id><ext>`` file that exists (so a data set may mix both)."""
+        plain_video_id(video_id)
         offset = self.offsets().get(video_id, self.time_offset_s)
         if self.frames is not None:
             pattern = self.root / self.frames.format(video_id=video_id)
