@@ -7,6 +7,7 @@ H.264 compression, so a decoded clip can be read back as the list of source fram
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -215,3 +216,19 @@ def test_in_background_joins_its_thread_when_the_consumer_stops_early() -> None:
     with pytest.raises(ZeroDivisionError):
         list(in_background((1 // x for x in (1, 0)), maxsize=1))
     assert threading.active_count() == before
+
+
+def test_large_frames_are_scaled_down_while_decoding_and_sized_from_the_source(video: Path) -> None:
+    """A frame over max_decode_side is decoded small (bounded memory); the clip still has the source's geometry."""
+    full = ClipSampling(num_frames=8, frame_stride=2, short_side=32, canvas=(32, 64))
+    small = replace(full, max_decode_side=32)  # the 64 x 48 test video is "large" for this limit
+    ((_, big),) = iter_keyframe_clips(video, [1.0], full)
+    ((_, little),) = iter_keyframe_clips(video, [1.0], small)
+    assert big.shape[1:3] == (HEIGHT, WIDTH) and little.shape[1:3] == (24, 32)
+    doubled = little.repeat(2, axis=1).repeat(2, axis=2)  # back to 48 x 64 to read the frame codes
+    assert [_read_index(f) for f in big] == [_read_index(f) for f in doubled]  # the same frames, only smaller
+    reference, valid, _ = preprocess_clip(big, full)
+    scaled, valid_small, _ = preprocess_clip(little, small, source_hw=(HEIGHT, WIDTH))
+    assert valid == valid_small == (32, 43)  # sized from the source, as the manifest computes it
+    assert scaled.shape == reference.shape
+    assert float((scaled - reference).abs().mean()) < 0.1

@@ -52,6 +52,7 @@ class ClipSampling:
     canvas: tuple[int, int] = (128, 160)
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    max_decode_side: int = 1280  # frames with a longer side are scaled down as they are decoded (bounded memory)
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.frame_stride < 1 or self.short_side < 1:
@@ -139,6 +140,17 @@ def _stream_fps(stream: av.video.stream.VideoStream, path: Path) -> float:
     return float(rate)
 
 
+def frame_size(video: Path | str | VideoSource) -> tuple[int, int]:
+    """(height, width) of the frames in the file, from the stream header alone."""
+    source = _source(video)
+    container = _open(source)
+    try:
+        context = _video_stream(container, source.path).codec_context
+        return int(context.height), int(context.width)
+    finally:
+        container.close()
+
+
 def video_info(video: Path | str | VideoSource) -> tuple[int, float, int, int]:
     """(num_frames, fps, height, width) from stream metadata, counting decoded frames when no count is declared.
 
@@ -179,6 +191,29 @@ class _PendingClip:
 
 
 def iter_keyframe_clips(
+    video: Path | str | VideoSource,
+    timestamps_s: Sequence[float],
+    sampling: ClipSampling,
+    time_offset_s: float | None = None,
+    on_outside: Callable[[float, str], None] | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(timestamp, uint8 [T_f, H, W, 3] RGB)`` for each keyframe: see :func:`_keyframe_clips`.
+
+    Frames whose longer side exceeds ``sampling.max_decode_side`` come out scaled down to it (aspect kept), so a
+    4K source costs no more memory than a 1280-pixel one; :func:`preprocess_clip` sizes them from the source.
+    """
+    yield from _keyframe_clips(video, timestamps_s, sampling, time_offset_s, on_outside)
+
+
+def _decoded_size(height: int, width: int, max_side: int) -> tuple[int, int] | None:
+    """The (h, w) to decode to when the frame is larger than ``max_side``, else None (decode as is)."""
+    if max(height, width) <= max_side:
+        return None
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _keyframe_clips(
     video: Path | str | VideoSource,
     timestamps_s: Sequence[float],
     sampling: ClipSampling,
@@ -227,7 +262,8 @@ def iter_keyframe_clips(
                 continue
             pending.append(_PendingClip(ts, key, np.maximum(_unclamped_indices(key, sampling), 0)))
         if pending:
-            yield from _decode_and_emit(container, stream, path, pending, declared, outside)
+            size = _decoded_size(stream.codec_context.height, stream.codec_context.width, sampling.max_decode_side)
+            yield from _decode_and_emit(container, stream, path, pending, declared, outside, size)
     finally:
         container.close()
 
@@ -239,8 +275,15 @@ def _decode_and_emit(
     pending: list[_PendingClip],
     declared: int,
     outside: Callable[[float, int, int], None],
+    size: tuple[int, int] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Run the decoder front to back, emitting each clip as soon as its last frame has been decoded."""
+
+    def rgb(frame: av.VideoFrame) -> np.ndarray:
+        if size is None:
+            return frame.to_ndarray(format="rgb24")
+        return frame.reformat(width=size[1], height=size[0], format="rgb24", interpolation="AREA").to_ndarray()
+
     buffer: dict[int, np.ndarray] = {}
     needed: set[int] = set()
     for clip in pending:
@@ -252,7 +295,7 @@ def _decode_and_emit(
         for index, frame in enumerate(container.decode(stream)):
             last_frame = frame
             if index in needed:
-                buffer[index] = frame.to_ndarray(format="rgb24")
+                buffer[index] = rgb(frame)
             while head < len(pending) and pending[head].last_needed <= index:
                 clip = pending[head]
                 yield clip.timestamp, np.stack([buffer[int(i)] for i in clip.indices])
@@ -270,7 +313,7 @@ def _decode_and_emit(
     if declared and num_frames < declared - slack:
         raise VideoDecodeError(f"{path}: truncated or corrupt, decoded {num_frames} of {declared} declared frames")
     if num_frames - 1 not in buffer:
-        buffer[num_frames - 1] = last_frame.to_ndarray(format="rgb24")
+        buffer[num_frames - 1] = rgb(last_frame)
     for clip in pending[head:]:
         if clip.key >= num_frames:  # the container declared no frame count, so this shows only now
             outside(clip.timestamp, clip.key, num_frames)
@@ -294,8 +337,13 @@ def _resized_hw(height: int, width: int, sampling: ClipSampling) -> tuple[tuple[
     return (new_h, new_w), scale
 
 
-def preprocess_clip(clip: np.ndarray, sampling: ClipSampling) -> tuple[torch.Tensor, tuple[int, int], float]:
+def preprocess_clip(
+    clip: np.ndarray, sampling: ClipSampling, source_hw: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, tuple[int, int], float]:
     """uint8 ``[T, H, W, 3]`` -> normalised float32 ``[3, T, canvas_h, canvas_w]``, padded with zeros bottom/right.
+
+    ``source_hw``: the frame size in the file when the decoder already scaled the frames down
+    (``max_decode_side``); the output is sized from it, so it matches the manifest's geometry exactly.
 
     Returns ``(tensor, valid_hw, scale)``: ``valid_hw`` is the resized (h, w) before padding and ``scale`` the
     resize factor (resized / original). Boxes in original pixels map onto the canvas as ``box * scale``; the exact
@@ -305,7 +353,7 @@ def preprocess_clip(clip: np.ndarray, sampling: ClipSampling) -> tuple[torch.Ten
     if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3], got {clip.dtype} {clip.shape}")
     _, height, width, _ = clip.shape
-    (new_h, new_w), scale = _resized_hw(height, width, sampling)
+    (new_h, new_w), scale = _resized_hw(*(source_hw or (height, width)), sampling)
     frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255.0)
     if (new_h, new_w) != (height, width):
         frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
@@ -343,11 +391,12 @@ def decode_clips(
                 seconds = (seconds - 1) / video_info(source)[1]
                 source = VideoSource(source.path, source.frame_rate, source.first_number, 0.0)
             ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
+            size = frame_size(source)
             for ts, frames in iter_keyframe_clips(source, list(ts_to_index), sampling, on_outside=outside.__setitem__):
                 done.add(ts_to_index[ts])
                 if flip:
                     frames = frames[:, :, ::-1]
-                yield ts_to_index[ts], preprocess_clip(frames, sampling)[0], ""
+                yield ts_to_index[ts], preprocess_clip(frames, sampling, size)[0], ""
         except VideoDecodeError as err:
             logger.warning("skipping the rest of %s: %s", video, err)
             error = str(err)
