@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from stages.evaluate import EvaluateConfig, evaluate
+from stages.models.trained_head import atomic_outputs
 from stages.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,10 @@ def ablate(config: AblateConfig) -> pd.DataFrame:
     runs = pd.concat([runs, pd.DataFrame([{"head": "prior baseline", "seed": -1, **prior}])], ignore_index=True)
     table = summarise(runs)
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False, float_format="%.6f")
-    table.to_csv(out / "table.csv", index=False, float_format="%.6f")
-    (out / "table.md").write_text(markdown(table, len(config.seeds)))
+    with atomic_outputs(out / "runs.csv", out / "table.csv", out / "table.md") as (runs_tmp, table_tmp, md_tmp):
+        runs.to_csv(runs_tmp, index=False, float_format="%.6f")
+        table.to_csv(table_tmp, index=False, float_format="%.6f")
+        md_tmp.write_text(markdown(table, len(config.seeds)))
     return table
 
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from stages.data.layout import DataLayout
 from stages.metrics import dense as dense_eval
 from stages.metrics.ava import FrameMapResult, frame_map
 from stages.metrics.tubes import LinkParams, link_tubes, tubes_to_frame
-from stages.models.trained_head import load_head, predict, resolve_device, skip_unknown_labels
+from stages.models.trained_head import atomic_outputs, open_head, predict, resolve_device, skip_unknown_labels
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     label_map = read_label_map(label_map_path)
     store = open_store(config.store)
     device = resolve_device(config.device)
-    model, loss, class_ids = load_head(config.checkpoint, device, store=store, split=config.split)
+    model, loss, class_ids, head_run = open_head(config.checkpoint, device, store=store, split=config.split)
     skip_unknown_labels(class_ids, label_map.ids, f"head {config.checkpoint} classes", str(label_map_path))
     rows, scores = predict(model, loss, store, config.box_source, device=device)
     gt, _ = ground_truth(data.annotations_path(config.split), label_map, label_map_path)
@@ -120,10 +120,9 @@ def evaluate(config: EvaluateConfig) -> dict:
 
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_detections(detections, out / "detections.csv")
-    metrics = {**summarise(result, label_map), "prior_baseline": summarise(prior_result, label_map)}
+    metrics: dict[str, Any] = {**summarise(result, label_map), "prior_baseline": summarise(prior_result, label_map)}
     metrics["boxes"] = int(len(rows))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics["head_run_id"] = head_run  # the training run whose head.pt was scored (None: an older head)
     per_class = pd.DataFrame(
         {
             "class_id": list(result.per_class_ap),
@@ -133,10 +132,16 @@ def evaluate(config: EvaluateConfig) -> dict:
             "prior_ap": [prior_result.per_class_ap[c] for c in result.per_class_ap],
         }
     )
-    per_class.to_csv(out / "per_class_ap.csv", index=False, float_format="%.6f")
     curves = result.pr_curves.copy()
     curves["class"] = [label_map.names[c] for c in curves["class_id"]]
-    curves.to_csv(out / "pr_curves.csv", index=False, float_format="%.6f")
+    # all to temporary files, then renamed together, metrics.json last: a kill leaves complete files only
+    names = ("detections.csv", "per_class_ap.csv", "pr_curves.csv", "metrics.json")
+    with atomic_outputs(*(out / name for name in names)) as (detections_tmp, per_class_tmp, curves_tmp, metrics_tmp):
+        write_detections(detections, detections_tmp)
+        per_class.to_csv(per_class_tmp, index=False, float_format="%.6f")
+        curves.to_csv(curves_tmp, index=False, float_format="%.6f")
+        metrics_tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("evaluated head of run %s: outputs in %s", head_run, out)
     log.info(
         "frame-mAP@0.5 %.4f (prior baseline %.4f) on %d %s boxes",
         result.mean_ap,
@@ -155,7 +160,7 @@ def evaluate_dense(config: EvaluateConfig) -> dict:
     ids = label_ids(dataset, label_map)
     store = open_store(config.store)
     device = resolve_device(config.device)
-    model, loss, class_ids = load_head(config.checkpoint, device, store=store, split=config.split)
+    model, loss, class_ids, head_run = open_head(config.checkpoint, device, store=store, split=config.split)
     rows, scores = predict(model, loss, store, config.box_source, device=device)
     boxes = store.boxes.iloc[rows]
     clips = store.clips.iloc[boxes["clip_index"].to_numpy()]
@@ -173,10 +178,10 @@ def evaluate_dense(config: EvaluateConfig) -> dict:
         **{f"video_map_{r}": _finite(v) for r, v in video.ranges.items()},
         "tubes": len(tubes),
         "boxes": int(len(rows)),
+        "head_run_id": head_run,  # the training run whose head.pt was scored (None: an older head)
     }
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     per_class = pd.DataFrame(
         {
             "class": list(dataset.labels),
@@ -184,7 +189,10 @@ def evaluate_dense(config: EvaluateConfig) -> dict:
             "video_ap@0.5": [video.per_class.get(0.5, {}).get(name) for name in dataset.labels],
         }
     )
-    per_class.to_csv(out / "per_class_ap.csv", index=False, float_format="%.6f")
-    tubes_to_frame(tubes).to_parquet(out / "tubes.parquet", index=False)
+    names = ("per_class_ap.csv", "tubes.parquet", "metrics.json")
+    with atomic_outputs(*(out / name for name in names)) as (per_class_tmp, tubes_tmp, metrics_tmp):
+        per_class.to_csv(per_class_tmp, index=False, float_format="%.6f")
+        tubes_to_frame(tubes).to_parquet(tubes_tmp, index=False)
+        metrics_tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("dense %s: frame-mAP %.4f, video-mAP@0.5 %s", config.protocol, frame.overall, metrics.get("video_map@0.5"))
     return metrics

@@ -59,6 +59,8 @@ class _Sealed:
     the real function (types and C functions refuse that themselves)."""
 
     __slots__ = ("_function", "_path")
+    _function: Any
+    _path: Path
 
     def __init__(self, function: Any, path: Path) -> None:
         object.__setattr__(self, "_function", function)

@@ -353,7 +353,8 @@ def preprocess_clip(
     if clip.ndim != 4 or clip.shape[-1] != 3 or clip.dtype != np.uint8:
         raise ValueError(f"expected uint8 [T, H, W, 3], got {clip.dtype} {clip.shape}")
     _, height, width, _ = clip.shape
-    (new_h, new_w), scale = _resized_hw(*(source_hw or (height, width)), sampling)
+    source_h, source_w = source_hw or (height, width)
+    (new_h, new_w), scale = _resized_hw(source_h, source_w, sampling)
     frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255.0)
     if (new_h, new_w) != (height, width):
         frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)

@@ -1,17 +1,25 @@
-"""A trained head: its checkpoint, its loss, its predictions over a store, and the device it runs on."""
+"""A trained head: its checkpoint, its loss, its predictions over a store, and the device it runs on.
+
+Also the atomic writes every stage-two output goes through (:func:`atomic_outputs`), so that a kill mid-save never
+leaves a truncated file behind.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+import os
+import pickle
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cache_spec.errors import InputError
 from cache_spec.reader import ClipBatch, ClipBatchLoader
 from cache_spec.store import Store, StoreMismatchError
 from cache_spec.views import get_view
@@ -51,10 +59,75 @@ _ABSENT = "<absent>"  # a key one of two nested fingerprint values lacks
 RETRAIN_HINT = (
     "re-extract the train split and retrain: `pipeline extract --split train && pipeline train-head` (or `dvc repro`)"
 )
+RESUME_FILE = "resume.pt"  # train-head's per-epoch checkpoint, beside head.pt; removed once the outputs are written
+_HEAD_KEYS = ("head", "options", "dims", "class_ids", "state_dict")
 
 
 class HeadStoreMismatchError(StoreMismatchError, ValueError):
     """A head and a store that do not go together: features of another backbone, or views the store lacks."""
+
+
+class HeadCheckpointError(InputError, ValueError):
+    """head.pt cannot be used: missing, empty or cut short (an interrupted save or copy), or not a head file."""
+
+
+class TrainedHead(NamedTuple):
+    """A loaded head with what scoring needs, and the id of the training run that wrote it (None: older file)."""
+
+    model: Head
+    loss: ActionLoss
+    class_ids: list[int]
+    run_id: str | None
+
+
+@contextmanager
+def atomic_outputs(*paths: Path, durable: bool = True) -> Iterator[list[Path]]:
+    """Temporary paths in each path's folder, renamed over the paths (in order) once the body has written them all.
+
+    A kill or an error while writing leaves the previous files (or none) in place, never a truncated one: the body
+    writes only the temporary files, which are removed on an error, and ``os.replace`` within a folder is atomic.
+    Renaming the files together, right after each other, keeps outputs of two runs from mixing (but for a kill
+    between two renames, which the run id each output records makes detectable). ``durable`` also fsyncs each
+    file before its rename, so that a power cut cannot leave the new name on an empty file; a killed process
+    needs no fsync (its writes are already in the page cache), so a file rewritten often may skip it.
+    """
+    targets = [Path(p) for p in paths]
+    # The suffix stays last, so writers that pick a format or compression by it (pandas, pyarrow) still do.
+    tmps = [t.with_name(f".{t.stem}.{os.getpid()}.tmp{t.suffix}") for t in targets]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmps
+        for tmp in tmps if durable else ():
+            _fsync(tmp)  # the data is on disk before the name points at it (no 0-byte file after a power cut)
+        for tmp, target in zip(tmps, targets, strict=True):
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_output(path: Path, durable: bool = True) -> Iterator[Path]:
+    """One temporary path renamed over ``path`` once written; see :func:`atomic_outputs`."""
+    with atomic_outputs(path, durable=durable) as (tmp,):
+        yield tmp
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def error_summary(error: BaseException, limit: int = 100) -> str:
+    """An exception as ``Type: first sentence`` (torch's zip errors go on for a paragraph)."""
+    text = " ".join(str(error).split()).split(". ")[0]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,7 +210,12 @@ def feature_differences(trained: Mapping[str, Any], scored: Mapping[str, Any]) -
     message stays one readable line.
     """
     keys = (set(trained) & set(scored)) - PER_STORE_FIELDS
-    diffs = _differences({k: trained[k] for k in keys}, {k: scored[k] for k in keys}, "")
+    return listed_differences({k: trained[k] for k in keys}, {k: scored[k] for k in keys})
+
+
+def listed_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """``field A -> B`` for each (nested) field that differs, at most :data:`MAX_LISTED` named: one readable line."""
+    diffs = _differences(a, b, "")
     if len(diffs) > MAX_LISTED:
         diffs = [*diffs[:MAX_LISTED], f"and {len(diffs) - MAX_LISTED} more"]
     return diffs
@@ -200,15 +278,55 @@ def action_loss(kind: str, label_map: LabelMap) -> ActionLoss:
     return ActionLoss(kind, [i for i, c in enumerate(label_map.ids) if label_map.categories[c] == POSE])
 
 
+def read_head_checkpoint(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """head.pt's contents (weights_only: nothing in it is executed), or one line saying why it cannot be used.
+
+    An empty or truncated file (a save or copy that was interrupted) is an input error naming the file and the fix,
+    not torch's EOFError, which the CLI would turn into a bare "Aborted.".
+    """
+    checkpoint = Path(checkpoint)
+    interrupted = checkpoint.with_name(RESUME_FILE).exists()
+    finish = "finish the interrupted training with `pipeline train-head --resume`, or retrain: `pipeline train-head`"
+    if not checkpoint.is_file():
+        train = finish if interrupted else "train one: `pipeline train-head` (or `dvc repro`)"
+        raise HeadCheckpointError(f"no trained head at {checkpoint}; {train}")
+    fix = finish if interrupted else "retrain it: `pipeline train-head` (or `dvc repro`)"
+    size = checkpoint.stat().st_size
+    if size == 0:
+        raise HeadCheckpointError(f"head checkpoint {checkpoint} is empty (0 bytes; its save was cut short): {fix}")
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except (EOFError, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        raise HeadCheckpointError(
+            f"head checkpoint {checkpoint} is truncated or corrupt "
+            f"({size} bytes; torch.load: {error_summary(error)}): {fix}"
+        ) from None
+    missing = [k for k in _HEAD_KEYS if k not in state] if isinstance(state, dict) else list(_HEAD_KEYS)
+    if missing:
+        raise HeadCheckpointError(
+            f"{checkpoint} is not a head checkpoint written by `pipeline train-head` (it lacks {', '.join(missing)}): "
+            f"{fix}"
+        )
+    return state
+
+
 def load_head(
     checkpoint: Path, device: torch.device | str = "cpu", store: Store | None = None, split: str = "<split>"
 ) -> tuple[Head, ActionLoss, list[int]]:
-    """A trained head in eval mode, its loss (for scoring) and class ids; weights_only: nothing is executed.
+    """A trained head in eval mode, its loss (for scoring) and class ids; see :func:`open_head`."""
+    model, loss, class_ids, _ = open_head(checkpoint, device, store, split)
+    return model, loss, class_ids
+
+
+def open_head(
+    checkpoint: Path, device: torch.device | str = "cpu", store: Store | None = None, split: str = "<split>"
+) -> TrainedHead:
+    """A trained head in eval mode, its loss (for scoring), class ids and run id, from one read of the file.
 
     With ``store`` (the one it is about to score) the head is refused unless the store holds its views and
     features of the backbone, weights and clip sampling it was trained on (``split`` goes into the fix).
     """
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = read_head_checkpoint(checkpoint, device)
     if store is not None:
         recorded = state.get("store_fingerprint")
         if recorded is None:
@@ -231,7 +349,8 @@ def load_head(
         require_views(state["head"], model.views, store, split)
     model.load_state_dict(state["state_dict"])
     loss = ActionLoss(state.get("loss", "bce"), state.get("pose_columns", [])).to(device)
-    return model.to(device).eval(), loss, [int(c) for c in state["class_ids"]]
+    run_id = state.get("run_id")
+    return TrainedHead(model.to(device).eval(), loss, [int(c) for c in state["class_ids"]], run_id)
 
 
 @torch.inference_mode()
