@@ -9,10 +9,12 @@ what RoIAlign consumes and what heads that relate a box to the map read (view ``
 from __future__ import annotations
 
 import hashlib
+import io
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cache_spec.errors import InputError
 
@@ -51,6 +53,7 @@ BOX_SCHEMA = pa.schema(
 )
 
 BOX_SOURCES = ("gt", "det")
+FILES = {"clips.parquet": CLIP_SCHEMA, "boxes.parquet": BOX_SCHEMA}  # manifest/<name> in a store
 
 
 class ManifestError(InputError, ValueError):
@@ -63,6 +66,19 @@ def to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ManifestError(f"manifest is missing column(s) {missing}")
     return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema) -> bytes:
+    """The Parquet file of ``frame`` as bytes: the same table always gives the same bytes (with one pyarrow), so a
+    manifest rebuilt from the data set can be compared with, and checksummed like, the one a store holds."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(to_table(frame, schema), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    """A manifest table from the bytes of its Parquet file (read once, so they can be checksummed as well)."""
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def validate(clips: pd.DataFrame, boxes: pd.DataFrame) -> None:

@@ -175,14 +175,34 @@ def extract(
 
 
 @app.command("train-head")
-def train_head(dataset: DatasetOption = "ava", params: ParamsOption = Path("params.yaml")) -> None:
-    """Stage two: train the head named in params.yaml from the train store (the backbone is never loaded)."""
+def train_head(
+    dataset: DatasetOption = "ava",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run from resume.pt beside head.pt (saved after every epoch); the result "
+            "equals an uninterrupted run. Refused if params or the store changed. Same as params train.resume: true.",
+        ),
+    ] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Stage two: train the head named in params.yaml from the train store (the backbone is never loaded).
+
+    Checkpoints every epoch; a killed run continues with --resume. head.pt, metrics.json and curve.tsv are written
+    atomically and carry the run's id.
+    """
     from pipeline import config as cfg
     from stages.train import train
 
-    result = train(cfg.train_config(cfg.load_params(params), dataset))
+    config = cfg.train_config(cfg.load_params(params), dataset)
+    result = train(replace(config, resume=True) if resume else config)
     log.info(
-        "checkpoint %s: final loss %.4f, %.0f boxes/s", result.checkpoint, result.final_loss, result.boxes_per_second
+        "checkpoint %s (run %s): final loss %.4f, %.0f boxes/s",
+        result.checkpoint,
+        result.run_id,
+        result.final_loss,
+        result.boxes_per_second,
     )
 
 
@@ -237,26 +257,63 @@ def ablate(
 @app.command()
 def verify(
     split: Annotated[str, typer.Option(help="Which split's store to check.")] = "train",
+    dataset: DatasetOption = "ava",
+    scale: Annotated[float, typer.Option(help="The test-time variant store of this input scale.")] = 1.0,
+    flip: Annotated[bool, typer.Option("--flip", help="The mirrored test-time variant store.")] = False,
+    values: Annotated[
+        bool, typer.Option("--values", help="Also read every value and report NaN/Inf (another full read).")
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Drop the completion records and arrays of the bad shards, and delete a damaged zarr.json or "
+            "manifest file, so that `pipeline extract` (same --split) then re-extracts exactly those shards and "
+            "rebuilds the files from params.yaml. Refused while an extraction writes the store.",
+        ),
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Check a feature store: list shards that are missing or unreadable (exit code 1 if any)."""
-    from cache_spec.store import open_store
+    """Check a feature store: every completion record, checksum and array shape, and the manifest against the
+    arrays; lists each problem (and accepted failed clips), then one verdict; exit code 1 on any problem.
+
+    Reads every file of the store once. To fix what it finds: `pipeline verify --split S --repair`, then
+    `pipeline extract --split S`, which re-extracts exactly the dropped shards (the result equals an uninterrupted
+    run). Accepted failed clips (--allow-missing) are reported but not repaired: fix the videos and re-extract.
+    """
+    from cache_spec.store import repair_store, verify_store
     from pipeline import config as cfg
 
-    store = open_store(cfg.store_path(cfg.load_params(params), split))
-    problems = store.verify()
-    failed = store.failed_clips()
-    if len(failed):
-        videos = sorted(set(store.clips["video_id"].to_numpy()[failed].tolist()))
-        problems.append(
-            f"{len(failed)} clips of {len(videos)} videos failed and hold zeros (accepted with --allow-missing): "
-            + ", ".join(videos[:5])
-            + (" ..." if len(videos) > 5 else "")
-        )
-    for problem in problems:
-        typer.echo(problem)
-    typer.echo(f"{store.path}: {store.num_shards - len(store.missing_shards())}/{store.num_shards} shards complete")
-    raise typer.Exit(1 if problems else 0)
+    path = cfg.store_path(cfg.load_params(params), split, scale, flip, dataset)
+    args = (
+        f" --split {split}"
+        + ("" if dataset == "ava" else f" --dataset {dataset}")
+        + ("" if scale == 1.0 else f" --scale {scale:g}")
+        + (" --flip" if flip else "")
+        + ("" if params == Path("params.yaml") else f" --params {params}")
+    )
+    if not path.is_dir():
+        typer.echo(f"error: no feature store at {path}; run `pipeline extract{args}` first", err=True)
+        raise typer.Exit(2)
+    report = verify_store(path, values=values)
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(report.verdict(args))
+    if repair and (report.bad_shards or report.damaged_files):
+        for action in repair_store(report):
+            typer.echo(f"repair: {action}")
+        shards = report.bad_shards
+        rebuilt = [f for f in report.damaged_files if f == "zarr.json" or f.startswith("manifest/")]
+        todo = []
+        if shards:
+            listed = ", ".join(map(str, shards[:10])) + (", ..." if len(shards) > 10 else "")
+            todo.append(f"re-extract exactly the dropped shard(s) {listed}")
+        if rebuilt:
+            todo.append(f"rebuild {', '.join(rebuilt)} from params.yaml (shards whose checksums match are kept)")
+        typer.echo(f"next: run `pipeline extract{args}` to " + " and ".join(todo or ["finish the store"]))
+    elif repair:
+        typer.echo("repair: nothing to repair")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 _VERBOSE = ("-v", "--verbose")
@@ -316,6 +373,30 @@ def info(
         raise typer.Exit(2)
     summary = open_store(path).info()
     typer.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
+@app.command("ava-eval")
+def ava_eval(
+    labelmap: Annotated[
+        Path, typer.Option("--labelmap", "--label-map", "-l", help="Label map (.pbtxt): the classes scored.")
+    ],
+    groundtruth: Annotated[Path, typer.Option("--groundtruth", "-g", help="Ground-truth CSV.")],
+    detections: Annotated[Path, typer.Option("--detections", "-d", help="Detections CSV (..., action_id, score).")],
+    exclusions: Annotated[
+        Path | None, typer.Option("--exclusions", "-e", help="Excluded keyframes CSV (video_id,timestamp).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """AVA frame-mAP@0.5 of a detection CSV: a drop-in for ActivityNet's get_ava_performance.py.
+
+    Same inputs, same number: ids outside the label map are skipped (one warning), ground-truth rows of only
+    video_id,timestamp mark keyframes without actors, detections on keyframes absent from the ground truth are
+    ignored, at most 50 detections per keyframe count. Prints AP per class, mAP per category and the mAP.
+    """
+    from stages.metrics.ava import evaluate_files, format_report
+
+    report = evaluate_files(labelmap, groundtruth, detections, exclusions)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 if __name__ == "__main__":

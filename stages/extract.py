@@ -9,6 +9,7 @@ record are skipped, so a killed run resumes where it stopped.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +25,7 @@ from torchvision.ops import roi_align
 from tqdm import tqdm
 
 from cache_spec import views as V
-from cache_spec.store import Store, create_store, open_store
+from cache_spec.store import Store, create_store, lock_store, open_store
 from stages.data.layout import DataLayout
 from stages.data.manifest import ManifestSpec, build_manifest
 from stages.data.video import ClipSampling, ClipsFailedError, VideoSource, decode_clips, in_background
@@ -226,8 +227,15 @@ def extract(config: ExtractConfig, progress: Callable[..., Any] = tqdm, cluster:
 
     With ``cluster`` (a ``dask.distributed.Client``) the missing shards are spread over its workers, each
     loading the backbone once and writing whole shards (a shard has exactly one writer); otherwise this
-    process does them all.
+    process does them all. One extraction per store: this process holds the store's lock from before the store
+    is created to the last write (a second run is refused, naming the holder); dask workers write under it.
     """
+    with lock_store(config.out):
+        return _extract_locked(config, progress, cluster)
+
+
+def _extract_locked(config: ExtractConfig, progress: Callable[..., Any], cluster: Any) -> ExtractSummary:
+    """:func:`extract` under the store's lock."""
     model, weights = _prepared_backbone(config)
     clips, boxes = build_manifest(
         config.manifest, config.input_sampling, config.backbone.stride, config.flip, config.allow_missing
@@ -334,6 +342,18 @@ def extract_shards(
         maxsize=2 * config.batch_clips,
     )
     pending: list[Future] = []
+    write_failed = threading.Event()
+
+    def write(shard: int, buf: _ShardBuffer) -> None:
+        """On the writer thread. After a failed write (disk full) nothing more is written and the run stops."""
+        if write_failed.is_set():
+            return
+        try:
+            store.write_shard(shard, buf.arrays, buf.failed)
+        except BaseException:
+            write_failed.set()
+            raise
+
     with (
         ThreadPoolExecutor(max_workers=1) as writer,
         progress(total=n_todo, unit="clip", desc=f"extract {config.split}") as bar,
@@ -341,6 +361,8 @@ def extract_shards(
         run_batch = _BatchRunner(model, store)
         batch: list[_Clip] = []
         for clip in _with_end_markers(clip_stream):
+            if write_failed.is_set():
+                break  # the failed write's error is raised below, before another batch is computed
             if clip is not None:
                 if clip.tensor is None:
                     failures[str(clip_video[clip.clip_index])] = clip.error
@@ -354,7 +376,7 @@ def extract_shards(
                 if buf.failed and not config.allow_missing:
                     left += 1
                     continue
-                pending.append(writer.submit(store.write_shard, shard, buf.arrays, buf.failed))
+                pending.append(writer.submit(write, shard, buf))
         for future in pending:
             future.result()
     return _Failures(failures, failed_clips, left)

@@ -8,16 +8,23 @@ keyframe by keyframe and class by class, with ``heapq`` for the per-keyframe cap
 from __future__ import annotations
 
 import heapq
+import json
 import math
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
-from stages.metrics.ava import _replay_heaps, frame_map
+from pipeline.cli import app
+from stages.data.ava import AvaFormatError
+from stages.metrics.ava import _replay_heaps, evaluate_files, frame_map
 
 GT_COLS = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "person_id"]
 DET_COLS = ["video_id", "timestamp", "x1", "y1", "x2", "y2", "action_id", "score"]
@@ -305,7 +312,7 @@ def gt_rows(draw):
             continue
         x1, y1 = draw(COORD), draw(COORD)
         x2, y2 = min(1.0, x1 + draw(COORD)), min(1.0, y1 + draw(COORD))
-        row = (v, t, x1, y1, x2, y2, draw(st.integers(1, 4)), draw(st.integers(0, 2)))
+        row = (v, t, x1, y1, x2, y2, draw(st.integers(1, 4)), draw(st.integers(0, 2)))  # id 4: outside the map
         rows.append(row)
         if draw(st.booleans()) and draw(st.booleans()):
             rows.append(row)
@@ -408,3 +415,187 @@ def test_heap_replay_equals_heapq(capacity):
     for g, h in heaps.items():
         rows = np.flatnonzero((group == g) & kept)
         assert rows[np.argsort(pos[rows])].tolist() == [item.row for item in h]
+
+
+# --------------------------------------------------------------------------------------------------
+# whole files, as the official evaluator reads them (readers + frame_map), and the `pipeline ava-eval` command
+
+LABEL_MAP = 'item {\n  name: "stand"\n  id: 12\n}\nitem {\n  name: "carry/hold (an object)"\n  id: 17\n}\n'
+LABEL_MAP += 'item {\n  name: "watch (a person)"\n  id: 80\n}\n'
+A_TEXT, B_TEXT, FAR_TEXT = "0.0,0.0,0.5,0.5", "0.5,0.5,1.0,1.0", "0.8,0.0,1.0,0.2"
+
+
+def _files(tmp_path, gt_lines: list[str], det_lines: list[str]) -> tuple:
+    paths = tmp_path / "label_map.pbtxt", tmp_path / "gt.csv", tmp_path / "det.csv"
+    paths[0].write_text(LABEL_MAP)
+    paths[1].write_text("".join(f"{line}\n" for line in gt_lines))
+    paths[2].write_text("".join(f"{line}\n" for line in det_lines))
+    return paths
+
+
+def _map(tmp_path, gt_lines: list[str], det_lines: list[str]) -> float:
+    report = evaluate_files(*_files(tmp_path, gt_lines, det_lines))
+    assert [c["id"] for c in report["per_class"]] == [12, 17, 80]
+    return report["map"]
+
+
+def test_file_keyframe_without_actors_scores_its_detections_as_false_positives(tmp_path):
+    # 'v,0903' marks an annotated keyframe without actors. Class 12 has 1 GT box; ranked detections:
+    # 0.9 on 0903 (FP), 0.5 on 0902 (TP) -> precision 0, 1/2; recall 0, 1 -> AP = 1 * 1/2 = 0.5.
+    # Only class 12 has ground truth, so mAP = 0.5. Without the 0903 row, 0903 is not in the ground truth and
+    # its detection is ignored: AP 1.
+    det = [f"v,0902,{A_TEXT},12,0.5", f"v,0903,{A_TEXT},12,0.9"]
+    assert _map(tmp_path, [f"v,0902,{A_TEXT},12,0", "v,0903"], det) == pytest.approx(0.5)
+    assert _map(tmp_path, [f"v,0902,{A_TEXT},12,0"], det) == 1.0
+
+
+def test_file_ids_outside_the_label_map_are_skipped(tmp_path, caplog):
+    # GT ids 99 and 13 are not in the map: skipped (one warning per file). Keyframe 0904 is annotated only by a
+    # skipped row, yet stays evaluated (the official all_keys holds it): its class-12 detection is a FP.
+    # Detection of class 99 (0.95) is skipped, on 0905 (not in the GT) ignored. Class 12, 1 GT box:
+    # ranked 0.9 FP (0904), 0.5 TP -> precision 0, 1/2; recall 0, 1 -> AP = 0.5 = mAP.
+    gt = [f"v,0902,{A_TEXT},12,0", f"v,0902,{B_TEXT},99,1", f"v,0904,{B_TEXT},13,0"]
+    det = [f"v,0902,{A_TEXT},12,0.5", f"v,0902,{B_TEXT},99,0.95", f"v,0904,{A_TEXT},12,0.9", f"v,0905,{A_TEXT},12,0.99"]
+    with caplog.at_level("WARNING"):
+        assert _map(tmp_path, gt, det) == pytest.approx(0.5)
+    skipped = [r.getMessage() for r in caplog.records if "not in the label map" in r.getMessage()]
+    assert len(skipped) == 2 and "skipped 2 rows" in skipped[0] and "(ids 13, 99)" in skipped[0]
+
+
+def test_file_duplicate_groundtruth_rows_are_two_boxes(tmp_path):
+    # The same row twice = 2 GT boxes of class 12; one perfect detection: precision 1 at recall 1/2 -> AP 1/2.
+    gt = [f"v,0902,{A_TEXT},12,0"] * 2
+    assert _map(tmp_path, gt, [f"v,0902,{A_TEXT},12,0.9"]) == pytest.approx(0.5)
+
+
+def test_file_fractional_timestamps(tmp_path):
+    # Keys are '%.6f' of the timestamp: 903.50 is keyframe 903.5, 902 is 0902, 903.4 is no GT keyframe (ignored).
+    # Class 12, 2 GT boxes: ranked 0.9 TP (903.5), 0.3 TP (0902) -> AP 1. (Truncating to whole seconds would put
+    # the 0.95 detection on keyframe 903 with the 0.9 one: TP, FP, TP -> AP 1/2 + 1/2 * 2/3 = 5/6.)
+    gt = [f"v,903.5,{A_TEXT},12,0", f"v,0902,{B_TEXT},12,1"]
+    det = [f"v,903.50,{A_TEXT},12,0.9", f"v,903.4,{A_TEXT},12,0.95", f"v,902,{B_TEXT},12,0.3"]
+    assert _map(tmp_path, gt, det) == 1.0
+
+
+def test_file_quoted_fields(tmp_path):
+    # The ids-outside-the-map case with every field quoted (csv.reader unquotes them): the same AP 0.5.
+    def quote(line: str) -> str:
+        return ",".join(f'"{f}"' for f in line.split(","))
+
+    gt = [f"v,0902,{A_TEXT},12,0", f"v,0904,{B_TEXT},13,0"]
+    det = [f"v,0902,{A_TEXT},12,0.5", f"v,0904,{A_TEXT},12,0.9"]
+    assert _map(tmp_path, [quote(x) for x in gt], [quote(x) for x in det]) == pytest.approx(0.5)
+
+
+def test_file_seven_column_groundtruth_and_detections(tmp_path):
+    # GT without person_id (7 fields): 2 boxes of class 12 on 0902. Detections: FAR@0.95 FP, A@0.9 TP, B@0.8 TP
+    # -> precision 0, 1/2, 2/3; recall 0, 1/2, 1 -> AP = 1/2 * 2/3 + 1/2 * 2/3 = 2/3.
+    gt = [f"v,0902,{A_TEXT},12", f"v,0902,{B_TEXT},12"]
+    det = [f"v,0902,{FAR_TEXT},12,0.95", f"v,0902,{A_TEXT},12,0.9", f"v,0902,{B_TEXT},12,0.8"]
+    assert _map(tmp_path, gt, det) == pytest.approx(2 / 3)
+    # a 7-field detection scores 1.0: A (1.0) TP ranks above FAR@0.99 FP -> precision 1 at recall 1 -> AP 1
+    gt = [f"v,0902,{A_TEXT},12,0"]
+    assert _map(tmp_path, gt, [f"v,0902,{FAR_TEXT},12,0.99", f"v,0902,{A_TEXT},12"]) == 1.0
+
+
+def test_file_detection_boxes_outside_the_frame_or_inverted(tmp_path):
+    # (-0.01, -0.01, 0.5, 0.5) vs GT (0, 0, 0.5, 0.5): IoU = 0.25 / 0.2601 = 0.961 -> TP. The inverted box
+    # (x1 = x2 = 0.5) at 0.95 is dropped after the cap and counts neither way -> AP 1.
+    gt = [f"v,0902,{A_TEXT},12,0"]
+    det = ["v,0902,-0.01,-0.01,0.5,0.5,12,0.9", "v,0902,0.5,0.0,0.5,0.5,12,0.95"]
+    assert _map(tmp_path, gt, det) == 1.0
+    # 50 inverted boxes above the TP fill the per-keyframe cap of 50, then are dropped: no detection left -> AP 0
+    det = ["v,0902,0.5,0.0,0.4,0.5,12,0.99"] * 50 + [f"v,0902,{A_TEXT},12,0.9"]
+    assert _map(tmp_path, gt, det) == 0.0
+
+
+def test_ava_eval_command(tmp_path):
+    # Case of test_file_ids_outside_the_label_map_are_skipped plus an excluded keyframe: excluding 0904 removes
+    # its FP -> class 12 ranks 0.5 TP alone -> AP 1.
+    gt = [f"v,0902,{A_TEXT},12,0", f"v,0904,{B_TEXT},13,0"]
+    det = [f"v,0902,{A_TEXT},12,0.5", f"v,0904,{A_TEXT},12,0.9"]
+    lm, g, d = (str(p) for p in _files(tmp_path, gt, det))
+    runner = CliRunner()
+    result = runner.invoke(app, ["ava-eval", "-l", lm, "-g", g, "-d", d])
+    assert result.exit_code == 0, result.output
+    assert "mAP@0.5IOU 0.500000" in result.output
+    assert "  12  pose      stand" in result.output and "(no ground truth)" in result.output
+    result = runner.invoke(app, ["ava-eval", "-l", lm, "-g", g, "-d", d, "--json"])
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["map"] == pytest.approx(0.5)
+    assert report["per_class"][0] == {"id": 12, "name": "stand", "category": "pose", "ap": pytest.approx(0.5)}
+    assert report["per_class"][1]["ap"] is None and report["per_category"]["person"] is None
+    excluded = tmp_path / "excluded.csv"
+    excluded.write_text("v,0904\n")
+    result = runner.invoke(app, ["ava-eval", "-l", lm, "-g", g, "-d", d, "-e", str(excluded), "--json"])
+    assert json.loads(result.output[result.output.index("{") :])["map"] == 1.0
+    # a malformed row is an input error naming file and line
+    Path(d).write_text(f"v,0902,{A_TEXT},12,0.5\nv,0902,{A_TEXT},12,high\n")
+    result = runner.invoke(app, ["ava-eval", "-l", lm, "-g", g, "-d", d])
+    assert isinstance(result.exception, AvaFormatError)
+    assert str(result.exception).startswith(f"{d}:2: non-numeric score 'high'")
+
+
+def test_ava_eval_imports_no_torch(tmp_path):
+    lm, g, d = (str(p) for p in _files(tmp_path, [f"v,0902,{A_TEXT},12,0"], [f"v,0902,{A_TEXT},12,0.5"]))
+    code = (
+        "import sys; from pipeline.cli import app; "
+        f"app(['ava-eval', '-l', {lm!r}, '-g', {g!r}, '-d', {d!r}], standalone_mode=False); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'zarr') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _row_text(row: tuple, quoted: bool) -> str:
+    fields = [str(f) for f in row]
+    return ",".join(f'"{f}"' for f in fields) if quoted else ",".join(fields)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_files_match_loop_implementation(tmp_path_factory, data):
+    # Random files in every accepted form (2/7/8-field GT rows, ids outside the map, duplicates, fractional and
+    # zero-padded timestamps, 7-field detections, boxes outside [0, 1] or inverted, quoting) against the loop.
+    # The reader refuses empty GT boxes (x1 == x2) of the map's classes (the official evaluator would score them as
+    # boxes nothing matches), so the rows here leave them out; rows of id 4 (outside the map) are never checked.
+    gts = [r for r in data.draw(gt_rows()) if r[6] != r[6] or r[6] == 4 or (r[2] < r[4] and r[3] < r[5])]
+    dets = data.draw(det_rows(gts))
+    class_ids = [1, 2, 3]
+    frac = data.draw(st.booleans())
+    quoted = data.draw(st.booleans())
+
+    def t_text(t: int) -> str:
+        return f"{t + 0.5}" if frac else f"{t:04d}"
+
+    gt_lines, gt_loop = [], []
+    for v, t, x1, y1, x2, y2, a, pid in gts:
+        if a != a:
+            gt_lines.append(_row_text((v, t_text(t)), quoted))
+            gt_loop.append((v, t, x1, y1, x2, y2, a, pid))
+        elif a == 4 or data.draw(st.booleans()):
+            gt_lines.append(_row_text((v, t_text(t), x1, y1, x2, y2, a, pid), quoted))
+            gt_loop.append((v, t, x1, y1, x2, y2, a, pid))
+        else:  # 7 fields: the official evaluator's score is then 1.0
+            gt_lines.append(_row_text((v, t_text(t), x1, y1, x2, y2, a), quoted))
+            gt_loop.append((v, t, x1, y1, x2, y2, a, 1.0))
+    det_lines, det_loop = [], []
+    for v, t, *box, a, s in dets:
+        shifted = [round(b - 0.02, 2) if b == 0.0 else b for b in box]  # some boxes reach outside [0, 1]
+        if data.draw(st.integers(0, 2)) == 0:  # 7 fields: score 1.0
+            det_lines.append(_row_text((v, t_text(t), *shifted, a), quoted))
+            det_loop.append((v, t, *shifted, a, 1.0))
+        else:
+            det_lines.append(_row_text((v, t_text(t), *shifted, a, s), quoted))
+            det_loop.append((v, t, *shifted, a, s))
+    tmp = tmp_path_factory.mktemp("files")
+    lm = tmp / "lm.pbtxt"
+    lm.write_text("".join(f'item {{\n  name: "c{i}"\n  id: {i}\n}}\n' for i in class_ids))
+    (tmp / "gt.csv").write_text("".join(f"{x}\n" for x in gt_lines))
+    (tmp / "det.csv").write_text("".join(f"{x}\n" for x in det_lines))
+    report = evaluate_files(lm, tmp / "gt.csv", tmp / "det.csv")
+    expected = loop_frame_map(gt_loop, det_loop, class_ids)
+    _assert_same({c["id"]: (math.nan if c["ap"] is None else c["ap"]) for c in report["per_class"]}, expected)

@@ -15,6 +15,7 @@ from stages.data.ava import (
     AvaFormatError,
     LabelMap,
     read_annotations,
+    read_detections,
     read_excluded_timestamps,
     read_label_map,
     read_predicted_boxes,
@@ -155,10 +156,11 @@ GOOD = "v,0902,0.1,0.2,0.3,0.4,12,1"
 @pytest.mark.parametrize(
     ("bad_row", "fragment"),
     [
-        ("v,0902,0.1,0.2,0.3,12,1", "expected 8 columns, got 7"),
+        # 7 fields (no person_id) and fractional timestamps are valid since issue 9; 6 fields are not
+        ("v,0902,0.1,0.2,0.3,12", "expected 8 columns, got 6"),
         ("v,0902,0.1,0.2,0.3,0.4,12,1,9", "expected 8 columns, got 9"),
+        ("v", "expected 8 columns, got 1"),
         ("v,09x2,0.1,0.2,0.3,0.4,12,1", "non-numeric timestamp"),
-        ("v,902.5,0.1,0.2,0.3,0.4,12,1", "timestamp '902.5' is not an integer"),
         ("v,0902,0.1,abc,0.3,0.4,12,1", "non-numeric y1"),
         ("v,0902,0.1,0.2,nan,0.4,12,1", "non-numeric x2"),
         ("v,0902,0.1,0.2,1.3,0.4,12,1", "x2 1.3 is outside"),
@@ -167,8 +169,15 @@ GOOD = "v,0902,0.1,0.2,0.3,0.4,12,1"
         ("v,0902,0.1,0.5,0.3,0.4,12,1", "y2 0.4 <= y1 0.5"),
         ("v,0902,0.1,0.2,0.3,0.4,,1", "non-numeric action_id"),
         ("v,0902,0.1,0.2,0.3,0.4,12,p1", "non-numeric person_id"),
-        ("v,0902,0.1,0.2,0.3,0.4,13,1", "action_id 13 is not in the label map"),
+        # ids outside the label map are skipped since issue 9 (see test_ids_outside_the_label_map_are_skipped)
         (",0902,0.1,0.2,0.3,0.4,12,1", "empty video_id"),
+        ("v,0902,0.1,0.2,0.3,0.4,12.0,1", "action_id '12.0' is not an integer"),
+        ("v,0902,0.1,0.2,0.3,0.4,1e1,1", "action_id '1e1' is not an integer"),
+        ("v,0902,0.1,0.2,0.3,0.4,0x0C,1", "non-numeric action_id '0x0C'"),  # Arrow would read 12, int() does not
+        ("v,0902,0.1,0.2,0.3,0.4,12,inf", "non-numeric person_id"),
+        ("v,0902,0.1e 1,0.2,0.3,0.4,12,1", "non-numeric x1"),  # pandas would read 1.0; float() refuses it
+        ('"v,0902,0.1,0.2,0.3,0.4,12,1', "expected 8 columns, got 1"),  # an open quote swallows the line
+        ('v,"0902",0.1,0.2,0.3,0.4,12,x', "non-numeric person_id 'x'"),  # quoted file: the exact reader
     ],
 )
 def test_annotation_errors_name_file_and_line(tmp_path: Path, bad_row: str, fragment: str) -> None:
@@ -180,15 +189,138 @@ def test_annotation_errors_name_file_and_line(tmp_path: Path, bad_row: str, frag
     assert info.value.line == 4
 
 
-def test_duplicates_are_dropped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_duplicates_are_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 9 reverses the earlier behaviour (drop with a warning): the official evaluator counts every row as a box.
     other = "v,0903,0.1,0.2,0.3,0.4,12,1"
     path = _write(tmp_path, "dup.csv", f"{GOOD}\n{other}\n{GOOD.replace('0902', '902')}\n{other}\n{GOOD}\n")
     with caplog.at_level(logging.WARNING, logger="stages.data.ava"):
         df = read_annotations(path)
-    assert len(df) == 2
-    assert df["timestamp"].tolist() == [902, 903]
-    assert "dropped 3 exact duplicate rows (first at line 3)" in caplog.text
-    assert str(path) in caplog.text
+    assert df["timestamp"].tolist() == [902, 903, 902, 903, 902]
+    assert not caplog.records
+
+
+def test_ids_outside_the_label_map_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # ids 13 and 99 are not in SMALL_MAP: skipped with one warning (count and ids), as the official evaluator does.
+    # Keyframe 0904 has only skipped rows: it stays in the ground truth as a keyframe without actors (the official
+    # evaluator's all_keys holds it, so detections there are false positives). Person ids on skipped rows are not
+    # read (the official evaluator reads that field after its label-map check), so 'p1' there is no error.
+    text = f"{GOOD}\nv,0902,0.1,0.2,0.3,0.4,13,1\nv,0904,0.5,0.5,0.6,0.6,99,p1\nv,0904,0.5,0.5,0.6,0.6,13,1\n"
+    path = _write(tmp_path, "gt.csv", text)
+    with caplog.at_level(logging.WARNING, logger="stages.data.ava"):
+        df = read_annotations(path, SMALL_MAP)
+    (record,) = caplog.records
+    assert "skipped 3 rows whose action_id is not in the label map (ids 13, 99)" in record.getMessage()
+    assert df["timestamp"].tolist() == [902, 904]
+    assert df["action_id"].iloc[0] == 12 and pd.isna(df["action_id"].iloc[1]) and np.isnan(df["x1"].iloc[1])
+    assert str(df["action_id"].dtype) == "Int64"
+    # without a label map every row is kept
+    assert len(read_annotations(_write(tmp_path, "gt2.csv", text.replace("p1", "7")))) == 4
+
+
+def test_keyframes_without_actors_and_seven_column_rows(tmp_path: Path) -> None:
+    # ActivityNet's files since 2020: 'video_id,timestamp' marks an annotated keyframe without actors; rows
+    # without person_id have 7 fields. All three forms may be mixed in one file.
+    path = _write(tmp_path, "gt.csv", "v,0902\nv,0903,0.1,0.2,0.3,0.4,12\nv,0904,0.1,0.2,0.3,0.4,80,3\n")
+    df = read_annotations(path, SMALL_MAP)
+    assert df["timestamp"].tolist() == [902, 903, 904]
+    assert df["action_id"].isna().tolist() == [True, False, False]
+    assert df["person_id"].isna().tolist() == [True, True, False]
+    assert df["x1"].isna().tolist() == [True, False, False]
+    assert df["person_id"].iloc[2] == 3
+    # written back in the same forms
+    out = tmp_path / "back.csv"
+    write_annotations(df, out)
+    assert out.read_text().splitlines() == [
+        "v,0902",
+        "v,0903,0.100,0.200,0.300,0.400,12",
+        "v,0904,0.100,0.200,0.300,0.400,80,3",
+    ]
+    pd.testing.assert_frame_equal(read_annotations(out, SMALL_MAP), df)
+
+
+def test_fractional_timestamps(tmp_path: Path) -> None:
+    # The official evaluator keys keyframes on '%.6f' of the timestamp (microseconds), so 903.5 is a keyframe.
+    path = _write(tmp_path, "gt.csv", "v,903.5,0.1,0.2,0.3,0.4,12,1\nv,0902,0.1,0.2,0.3,0.4,12,1\n")
+    df = read_annotations(path)
+    assert df["timestamp"].dtype == np.float64 and df["timestamp"].tolist() == [903.5, 902.0]
+    out = tmp_path / "back.csv"
+    write_annotations(df, out)
+    assert out.read_text().splitlines()[0].startswith("v,903.5,") and "v,0902," in out.read_text()
+
+
+def test_quoted_fields_and_python_number_syntax(tmp_path: Path) -> None:
+    # csv.reader (the official evaluator's) unquotes fields; float()/int() accept spaces around numbers and
+    # digit underscores. Video ids are taken verbatim (the official keys do not strip them).
+    plain = _write(tmp_path, "plain.csv", "a b,0902,0.15,0.2,0.3,0.4,12,1\nv,0903,0.1,0.2,0.3,0.4,80,2\n")
+    quoted = _write(
+        tmp_path, "quoted.csv", '"a b","0902","0.15",0.2,0.3,0.4,"12",1\r\n"v",0903, 0.1 ,0.2,0.3,0.4,8_0,2\r\n'
+    )
+    pd.testing.assert_frame_equal(read_annotations(quoted, SMALL_MAP), read_annotations(plain, SMALL_MAP))
+    comma = _write(tmp_path, "comma.csv", '"a,b",0902,0.1,0.2,0.3,0.4,12,1\n')
+    assert read_annotations(comma)["video_id"].tolist() == ["a,b"]
+
+
+def test_plain_and_exact_readers_agree(tmp_path: Path) -> None:
+    # The same rows through the vectorised reader (plain file) and through csv.reader (a quote forces it).
+    rng = np.random.default_rng(3)
+    n = 500
+    x1 = rng.uniform(0, 0.5, n).round(rng.integers(1, 7))
+    rows = [
+        f"vid{i % 7},{902 + i % 5}{'.5' if i % 11 == 0 else ''},{x1[i]},{x1[i] / 2},{x1[i] + 0.25},{x1[i] + 0.3},"
+        f"{[12, 17, 80][i % 3]}" + ("" if i % 13 == 0 else f",{i % 4}")
+        for i in range(n)
+    ]
+    rows[5] = "vid0,0902"
+    plain = _write(tmp_path, "plain.csv", "\n".join(rows) + "\n")
+    quoted = _write(tmp_path, "quoted.csv", '"vid0",0902\n' + "\n".join(rows) + "\n")
+    a, b = read_annotations(plain, SMALL_MAP), read_annotations(quoted, SMALL_MAP).iloc[1:].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_the_three_readers_agree(tmp_path: Path) -> None:
+    # Arrow (every line complete), pandas with a line scan (any plain file) and csv.reader with float()/int() (any
+    # file) must give the same table wherever they accept the text.
+    from stages.data import ava
+
+    rng = np.random.default_rng(5)
+    lines = [
+        f"v{i % 3},{902 + i % 4}{'.25' if i % 7 == 0 else ''},{rng.uniform(0, 0.5):.{1 + i % 6}f},0.1,0.75,"
+        f"{rng.uniform(0.5, 1):.3e},{[12, 17, 80, 5][i % 4]},{rng.uniform():.{1 + i % 9}f}"
+        for i in range(300)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    columns = tuple(ava.DETECTION_COLUMNS)
+    arrow = ava._read_arrow(tmp_path, data, columns)
+    plain = ava._read_plain(tmp_path, data, columns, (2, 7, 8), "")
+    exact = ava._read_exact(tmp_path, data, columns, (2, 7, 8), "")
+    assert arrow is not None and plain is not None
+    for table in (plain, exact):
+        assert table.video_id.tolist() == arrow.video_id.tolist()
+        np.testing.assert_array_equal(table.n_fields, arrow.n_fields)
+        np.testing.assert_array_equal(table.lines, arrow.lines)
+        for c in columns[1:]:
+            np.testing.assert_array_equal(table.column(c), arrow.column(c))  # bit-identical numbers
+        assert table.row_fields(7) == arrow.row_fields(7) == lines[7].split(",")
+    # lines of 2 and 7 fields: Arrow declines, the other two agree
+    mixed = data + b"v9,0902\nv9,0903,0.1,0.1,0.2,0.2,12\n"
+    assert ava._read_arrow(tmp_path, mixed, columns) is None
+    plain = ava._read_plain(tmp_path, mixed, columns, (2, 7, 8), "")
+    exact = ava._read_exact(tmp_path, mixed, columns, (2, 7, 8), "")
+    assert plain is not None
+    np.testing.assert_array_equal(plain.n_fields, exact.n_fields)
+    for c in columns[1:]:
+        np.testing.assert_array_equal(plain.column(c), exact.column(c))
+
+
+def test_more_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.csv"
+    bad.write_bytes(f"{GOOD}\nv\xe9,0902,0.1,0.2,0.3,0.4,12,1\n".encode("latin-1"))
+    with pytest.raises(AvaFormatError, match=r"latin1\.csv:2: not UTF-8 text"):
+        read_annotations(bad)
+    # a whole column of true/false: pandas would read 1.0/0.0, float() refuses
+    flags = _write(tmp_path, "flags.csv", "v,0902,0.1,0.2,0.3,0.4,12,true\nv,0902,0.1,0.2,0.3,0.4,12,false\n")
+    with pytest.raises(AvaFormatError, match=r"flags\.csv:1: non-numeric person_id 'true'"):
+        read_annotations(flags)
 
 
 def test_ava_sized_file_round_trips(tmp_path: Path) -> None:
@@ -311,6 +443,51 @@ def test_write_detections_format(tmp_path: Path) -> None:
     assert read_predicted_boxes(path)["action_id"].tolist() == [80]
     with pytest.raises(ValueError, match="action_id"):
         write_detections(df.assign(action_id=pd.array([pd.NA], dtype="Int64")), path)
+
+
+def test_read_detections_accepts_what_the_official_evaluator_scores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 7 fields: score 1.0; 2 fields: no detection; boxes outside [0, 1] or inverted are kept (the evaluation
+    # drops inverted ones after the per-keyframe cap); ids outside the map are skipped, their score unread.
+    text = (
+        "v,0902,-0.01,0.0,0.5,1.02,12,0.9\n"
+        "v,0902,0.5,0.1,0.4,0.3,17,0.8\n"
+        "v,0903\n"
+        "v,0903,0.1,0.1,0.3,0.3,80\n"
+        "v,0903,0.1,0.1,0.3,0.3,13,not-a-score\n"
+    )
+    path = _write(tmp_path, "det.csv", text)
+    with caplog.at_level(logging.INFO, logger="stages.data.ava"):
+        df = read_detections(path, SMALL_MAP)
+    assert df["action_id"].tolist() == [12, 17, 80] and df["action_id"].dtype == np.int64
+    assert df["score"].tolist() == [0.9, 0.8, 1.0]
+    assert df["x1"].tolist() == [-0.01, 0.5, 0.1]
+    log = caplog.text
+    assert "1 detection boxes reach outside [0, 1] (first at line 1)" in log
+    assert "1 detection boxes have x1 >= x2 or y1 >= y2 (first at line 2)" in log
+    assert "skipped 1 rows whose action_id is not in the label map (ids 13)" in log
+    # without a label map the score of every row is read
+    with pytest.raises(AvaFormatError, match=r"det\.csv:5: non-numeric score 'not-a-score'"):
+        read_detections(path)
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "fragment"),
+    [
+        ("v,0902,0.1,0.2,0.3,0.4,,0.9", "non-numeric action_id ''"),
+        ("v,0902,0.1,0.2,0.3,0.4,12,", "non-numeric score ''"),
+        ("v,0902,0.1,0.2,0.3,0.4,12,nan", "non-numeric score 'nan'"),
+        ("v,0902,0.1,0.2,0.3", "expected 8 columns, got 5"),
+        ("v,x,0.1,0.2,0.3,0.4,13,0.9", "non-numeric timestamp 'x'"),  # read before the label-map check
+        ("v,0902,0.1,y,0.3,0.4,13,0.9", "non-numeric y1 'y'"),  # read before the label-map check too
+    ],
+)
+def test_detection_errors(tmp_path: Path, bad_row: str, fragment: str) -> None:
+    path = _write(tmp_path, "det.csv", f"v,0902,0.1,0.2,0.3,0.4,12,0.9\n{bad_row}\n")
+    with pytest.raises(AvaFormatError, match=fragment) as info:
+        read_detections(path, SMALL_MAP)
+    assert str(info.value).startswith(f"{path}:2:")
 
 
 # ----------------------------------------------------------------------------------------------- excluded

@@ -28,6 +28,9 @@ Rules reproduced, each of them observable in the reference:
   row) and ranked with ``np.argsort(scores)[::-1]``, so ties are broken exactly as the reference does
   on the same machine. AP is PASCAL VOC all-point AP; a class with ground truth but no detections has
   AP 0, a class without ground truth has AP nan and is left out of the mean.
+
+:func:`evaluate_files` does the reference script's whole job (label map, ground-truth and detection CSVs in,
+per-class AP and mAP out) with readers that accept what the reference accepts; ``pipeline ava-eval`` prints it.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from stages.data.ava import read_annotations, read_detections, read_excluded_timestamps, read_label_map
 from stages.metrics.boxes import iou_pairs
 
 logger = logging.getLogger(__name__)
@@ -65,14 +71,25 @@ def _timestamp_micros(ts: pd.Series) -> np.ndarray:
     """Timestamps as integer microseconds: the reference keys frames on ``'%.6f' % timestamp``."""
     if pd.api.types.is_integer_dtype(ts.dtype):
         return ts.to_numpy(dtype=np.int64) * 1_000_000
-    values = pd.to_numeric(ts).to_numpy(dtype=np.float64)
+    values = _floats(ts)
     return np.rint(values * 1e6).astype(np.int64)
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    """A numeric column as float64, missing values (NaN, NA of the nullable dtypes) as NaN."""
+    return pd.to_numeric(column).to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def _frame_codes(frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
-    """One integer code per (video_id, timestamp), shared by all the given frames."""
-    videos = pd.concat([f["video_id"].astype(str) for f in frames], ignore_index=True)
-    vcode, _ = pd.factorize(videos)
+    """One integer code per (video_id, timestamp), shared by all the given frames.
+
+    Video ids are factorised frame by frame and only the (few) distinct ids are merged: no copy of the id column.
+    """
+    per_frame = [pd.factorize(f["video_id"].astype(str)) for f in frames]
+    uniques = [np.asarray(u, dtype=object) for _, u in per_frame]
+    merged, _ = pd.factorize(np.concatenate(uniques))
+    offsets = np.cumsum([0] + [len(u) for u in uniques])
+    vcode = np.concatenate([merged[offsets[i] : offsets[i + 1]][c] for i, (c, _) in enumerate(per_frame)])
     ts = np.concatenate([_timestamp_micros(f["timestamp"]) for f in frames]).astype(np.int64)
     order = np.lexsort((ts, vcode))
     new = np.ones(len(order), dtype=bool)
@@ -348,13 +365,13 @@ def frame_map(
     annotated[gt_frame[~is_excluded[gt_frame]]] = True
 
     # ground truth: whitelisted, non-excluded rows
-    gt_action = pd.to_numeric(groundtruth["action_id"]).to_numpy(dtype=np.float64)
+    gt_action = _floats(groundtruth["action_id"])
     g_rows = np.flatnonzero(np.isin(gt_action, ids) & annotated[gt_frame])
     g_cls = np.searchsorted(ids, gt_action[g_rows].astype(np.int64))
     g_img = gt_frame[g_rows]
-    g_box = groundtruth[["y1", "x1", "y2", "x2"]].to_numpy(dtype=np.float64)[g_rows]
+    g_box = groundtruth[["y1", "x1", "y2", "x2"]].to_numpy(dtype=np.float64, na_value=np.nan)[g_rows]
     if "person_id" in groundtruth.columns:
-        g_score = pd.to_numeric(groundtruth["person_id"]).to_numpy(dtype=np.float64)[g_rows]
+        g_score = _floats(groundtruth["person_id"])[g_rows]
         g_score = np.where(np.isnan(g_score), 1.0, g_score)
     else:
         g_score = np.ones(len(g_rows))
@@ -365,12 +382,12 @@ def frame_map(
     num_gt = np.bincount(g_cls, minlength=len(ids))
 
     # detections: whitelisted rows on annotated, non-excluded keyframes
-    det_action = pd.to_numeric(detections["action_id"]).to_numpy(dtype=np.float64)
+    det_action = _floats(detections["action_id"])
     d_rows = np.flatnonzero(np.isin(det_action, ids) & annotated[det_frame])
     d_cls = np.searchsorted(ids, det_action[d_rows].astype(np.int64))
     d_img = det_frame[d_rows]
-    d_box = detections[["y1", "x1", "y2", "x2"]].to_numpy(dtype=np.float64)[d_rows]
-    d_score = pd.to_numeric(detections["score"]).to_numpy(dtype=np.float64)[d_rows]
+    d_box = detections[["y1", "x1", "y2", "x2"]].to_numpy(dtype=np.float64, na_value=np.nan)[d_rows]
+    d_score = _floats(detections["score"])[d_rows]
     if np.isnan(d_score).any() or np.isnan(d_box).any():
         raise ValueError("detections contain NaN scores or coordinates")
     logger.debug("frame_map: %d gt boxes, %d detections on annotated keyframes", len(g_rows), len(d_rows))
@@ -426,3 +443,62 @@ def frame_map(
         else pd.DataFrame({"class_id": pd.Series([], dtype=np.int64), "precision": [], "recall": []})
     )
     return FrameMapResult(mean_ap, per_class_ap, per_category, pr)
+
+
+# --------------------------------------------------------------------------------------------------
+# files in, report out: the ActivityNet script's job (``pipeline ava-eval``)
+
+
+def evaluate_files(
+    label_map: str | Path,
+    groundtruth: str | Path,
+    detections: str | Path,
+    excluded: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score an AVA detection CSV as ``get_ava_performance.py -l -g -d [-e]`` does; a JSON-ready report.
+
+    The readers accept what the ActivityNet evaluator accepts (see ``stages.data.ava``); ``excluded`` is the older
+    evaluator's ``-e`` file. Returns ``map`` (the reference's ``PascalBoxes_Precision/mAP@0.5IOU``), ``per_class``
+    (id, name, category, ap; ap None without ground truth), ``per_category`` and the input paths.
+    """
+    labels = read_label_map(label_map)
+    gt = read_annotations(groundtruth, labels)
+    det = read_detections(detections, labels)
+    ex = read_excluded_timestamps(excluded) if excluded is not None else None
+    result = frame_map(gt, det, labels.ids, labels.categories, ex)
+    logger.info("%s: %d ground-truth rows, %d detections in the label map's classes", groundtruth, len(gt), len(det))
+
+    def finite(value: float) -> float | None:
+        return None if np.isnan(value) else float(value)
+
+    return {
+        "map": finite(result.mean_ap),
+        "iou_threshold": 0.5,
+        "per_category": {c: finite(v) for c, v in result.per_category_map.items()},
+        "per_class": [
+            {"id": i, "name": labels.names[i], "category": labels.categories[i], "ap": finite(ap)}
+            for i, ap in result.per_class_ap.items()
+        ],
+        "label_map": str(label_map),
+        "groundtruth": str(groundtruth),
+        "detections": str(detections),
+        "excluded": None if excluded is None else str(excluded),
+    }
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The report of :func:`evaluate_files` as a text table: AP per class, mAP per category, then the mAP."""
+
+    def number(value: float | None) -> str:
+        return f"{'-':>8}" if value is None else f"{value:.6f}"
+
+    name_width = max([len(c["name"]) for c in report["per_class"]] + [4])
+    lines = [f"{'id':>4}  {'category':<8}  {'name':<{name_width}}  AP@{report['iou_threshold']}"]
+    for c in report["per_class"]:
+        note = "" if c["ap"] is not None else "  (no ground truth)"
+        lines.append(f"{c['id']:>4}  {c['category']:<8}  {c['name']:<{name_width}}  {number(c['ap'])}{note}")
+    lines.append("")
+    for category, value in report["per_category"].items():
+        lines.append(f"mAP {category:<8} {number(value)}")
+    lines.append(f"mAP@{report['iou_threshold']}IOU {number(report['map'])}")
+    return "\n".join(lines)
