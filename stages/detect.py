@@ -181,14 +181,14 @@ def _part_path(parts: Path, video: str) -> Path:
     return parts / f"{plain_video_id(video)}.csv"
 
 
-def _keyframes(annotations: Path) -> dict[str, list[int]]:
-    """Video id -> sorted distinct keyframe timestamps of the split's annotations."""
+def _keyframes(annotations: Path) -> dict[str, list[float]]:
+    """Video id -> sorted distinct keyframe timestamps of the split's annotations (fractional ones kept)."""
     gt = read_annotations(annotations)
     pairs = gt[["video_id", "timestamp"]].drop_duplicates().sort_values(["video_id", "timestamp"])
-    return {str(v): g["timestamp"].astype(int).tolist() for v, g in pairs.groupby("video_id", sort=True)}
+    return {str(v): g["timestamp"].astype(float).tolist() for v, g in pairs.groupby("video_id", sort=True)}
 
 
-def _decode(layout: DataLayout, todo: Sequence[tuple[str, list[int]]]) -> Iterator[tuple]:
+def _decode(layout: DataLayout, todo: Sequence[tuple[str, list[float]]]) -> Iterator[tuple]:
     """``(video, timestamp, frame, error)`` per keyframe, then ``(video, None, None, error)`` to end each video.
 
     A keyframe outside its video fails the video (the time offset is wrong for it), naming the keyframe.
@@ -201,7 +201,7 @@ def _decode(layout: DataLayout, todo: Sequence[tuple[str, list[int]]]) -> Iterat
                 layout.video(video), [float(t) for t in timestamps], _KEYFRAME_ONLY, on_outside=outside.__setitem__
             )
             for ts, frames in clips:
-                yield video, int(round(ts)), frames[0], ""
+                yield video, ts, frames[0], ""
         except VideoDecodeError as err:
             error = str(err)
         if outside and not error:
@@ -216,7 +216,7 @@ class _Runner:
         self.model, self.device, self.config = model, device, config
 
     @torch.inference_mode()
-    def __call__(self, video: str, batch: list[tuple[int, np.ndarray]]) -> list[pd.DataFrame]:
+    def __call__(self, video: str, batch: list[tuple[float, np.ndarray]]) -> list[pd.DataFrame]:
         images = [torch.from_numpy(frame).to(self.device).permute(2, 0, 1).float().div_(255.0) for _, frame in batch]
         outputs = self.model(images)
         frames = []
@@ -281,7 +281,7 @@ def _detect(config: DetectConfig, progress: Callable[..., Any]) -> DetectSummary
     stream = in_background(_decode(config.data, todo), maxsize=2 * config.batch_frames)
     total = sum(len(ts) for _, ts in todo)
     with progress(total=total, unit="keyframe", desc=f"detect {config.split}") as bar:
-        batch: list[tuple[int, np.ndarray]] = []
+        batch: list[tuple[float, np.ndarray]] = []
         found: list[pd.DataFrame] = []
         done_in_video = 0
         for video, ts, frame, error in stream:

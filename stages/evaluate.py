@@ -70,7 +70,13 @@ def ground_truth(path: Path, label_map: LabelMap, label_map_path: Path) -> tuple
     label map (its detections become false positives); :func:`frame_map` reads only the label map's classes.
     """
     gt = read_annotations(path)
-    return gt, skip_unknown_labels(gt["action_id"].to_numpy(), label_map.ids, str(path), str(label_map_path))
+    action = gt["action_id"]
+    labelled = action.notna().to_numpy()  # rows of only video_id,timestamp mark keyframes without actors
+    keep = np.zeros(len(gt), dtype=bool)
+    keep[labelled] = skip_unknown_labels(
+        action[labelled].to_numpy(np.int64), label_map.ids, str(path), str(label_map_path)
+    )
+    return gt, keep
 
 
 def class_prior(annotations: pd.DataFrame, class_ids: Sequence[int]) -> np.ndarray:

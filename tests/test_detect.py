@@ -346,3 +346,23 @@ def test_a_video_id_never_becomes_a_path_outside_the_parts_folder(tmp_path: Path
     for hostile in ("../../x", "/abs/x", "a/b"):
         with pytest.raises(LayoutError, match="not a plain name"):
             _part_path(tmp_path, hostile)
+
+
+def test_a_keyframe_without_actors_makes_its_detections_false_positives() -> None:
+    """AVA's `video_id,timestamp` rows: the keyframe is evaluated but has no actor, so a box there is an FP.
+
+    Scores: the FP on the empty keyframe (0.9) ranks above the TP (0.8): precision 1/2 at recall 1 -> AP 0.5.
+    """
+    gt = pd.DataFrame(
+        {
+            "video_id": ["v", "v"],
+            "timestamp": [902, 903],
+            "x1": [A[0], np.nan],
+            "y1": [A[1], np.nan],
+            "x2": [A[2], np.nan],
+            "y2": [A[3], np.nan],
+        }
+    )
+    predicted = _frame([("v", 902, *A, 0.8), ("v", 903, *B, 0.9)], score=True)
+    metrics = evaluate_detections(predicted, gt)
+    assert metrics["person_ap"] == pytest.approx(0.5) and metrics["num_gt"] == 1

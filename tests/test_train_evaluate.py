@@ -328,3 +328,17 @@ def test_train_and_evaluate_skip_ids_outside_the_label_map_alike(stores, tmp_pat
     (message,) = _warnings(caplog, "val.csv: skipping")
     assert f"skipping 3 of {len(val) + 3} labels" in message and "ids 81 (1x), 98 (1x), 99 (1x)" in message
     assert not _warnings(caplog, "train.csv: skipping")  # the train file has none
+
+
+def test_ground_truth_keyframes_without_actors_are_not_unknown_labels(tmp_path, caplog):
+    from stages.data.ava import LabelMap
+    from stages.evaluate import ground_truth
+
+    path = tmp_path / "gt.csv"
+    path.write_text("v,0902,0.1,0.1,0.5,0.5,12,0\nv,0903\nv,0904,0.1,0.1,0.5,0.5,99,0\n")
+    label_map = LabelMap(names={12: "stand"}, categories={12: "pose"})
+    with caplog.at_level("WARNING"):
+        gt, known = ground_truth(path, label_map, tmp_path / "label_map.pbtxt")
+    assert len(gt) == 3 and known.tolist() == [True, False, False]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "skipping 1 of 2 labels" in warnings[0] and "ids 99 (1x)" in warnings[0]

@@ -84,6 +84,7 @@ def evaluate_detections(
 
     g_box_all = groundtruth[BOX_COLUMNS].to_numpy(dtype=np.float64)
     gt = pd.DataFrame(g_box_all, columns=BOX_COLUMNS).assign(key=g_key)[annotated[g_key]].drop_duplicates()
+    gt = gt.dropna(subset=BOX_COLUMNS)  # a video_id,timestamp row: an evaluated keyframe without actors
     gt = gt.sort_values("key", kind="stable")
     gt_key, gt_box = gt["key"].to_numpy(np.int64), gt[BOX_COLUMNS].to_numpy(np.float64)
 
