@@ -513,3 +513,21 @@ def test_writers_reject_unwritable_ids(tmp_path: Path) -> None:
         write_annotations(df, tmp_path / "x.csv")
     with pytest.raises(ValueError, match="lacks columns"):
         write_annotations(df.drop(columns="person_id"), tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (
+            "v,0902,0.1,0.1,0.5,0.5,,0.9\nv,0903,0.1,0.1,0.5,0.5,,2.5\nv,0904,0.1,0.1,0.5,0.5,,-1\n",
+            r":2: score 2.5 is implausible: .*probability in \[0, 1\].*\(2 such rows\)",
+        ),
+        ("v,999999,0.1,0.1,0.5,0.5,,0.9\n", r":1: timestamp 999999 is implausible: .*\(1 such rows\)"),
+    ],
+    ids=["score-outside-0-1", "timestamp"],
+)
+def test_predicted_boxes_with_implausible_values_are_refused(tmp_path: Path, rows: str, expected: str) -> None:
+    path = tmp_path / "predicted_boxes_val.csv"
+    path.write_text(rows)
+    with pytest.raises(AvaFormatError, match=expected):
+        read_predicted_boxes(path)

@@ -567,6 +567,18 @@ def _number_checks(table: _Table, names: Sequence[str], rows: np.ndarray | None 
     return checks
 
 
+MAX_TIMESTAMP = 86_400  # a day of seconds (or 48 minutes of frames at 30 fps): larger is not a keyframe time
+
+
+def _counted(table: _Table, bad: np.ndarray, name: str, rule: str) -> Check:
+    """A range check whose message says how many rows break it."""
+
+    def message(row: int) -> str:
+        return f"{name} {table.text(row, name).strip()} is implausible: {rule} ({int(bad.sum())} such rows)"
+
+    return (bad, message)
+
+
 def _video_id_check(table: _Table) -> Check:
     return ((table.video_id == "").to_numpy(dtype=bool), lambda row: "empty video_id: every row starts with one")
 
@@ -802,8 +814,10 @@ def _log_unusual_boxes(table: _Table, rows: np.ndarray, box: dict[str, np.ndarra
 def read_predicted_boxes(path: str | Path) -> pd.DataFrame:
     """Read person detections: ``video_id, timestamp, x1, y1, x2, y2, action_id-or-empty, score``.
 
-    These boxes feed extraction, so they must be proper boxes inside the frame (the scored detections the evaluator
-    reads, boxes as given, go through ``read_detections``).
+    These boxes feed extraction, so they must be proper boxes inside the frame, with detector scores in [0, 1] and
+    timestamps that can be seconds (or frames) of a video: a score of 2.5 is a logit or another file's column, a
+    timestamp of 999999 a unit mix-up (the scored detections the evaluator reads, any real score, boxes as given,
+    go through ``read_detections``). The error names the first offending line and how many rows share the problem.
     """
     table = _read_table(
         path,
@@ -819,6 +833,18 @@ def read_predicted_boxes(path: str | Path) -> pd.DataFrame:
         (action_bad, _number_checks(table, ["action_id"])[0][1]),
         *_number_checks(table, ["score"]),
         *_unit_box_checks(table, every),
+        _counted(
+            table,
+            (table.column("score") < 0) | (table.column("score") > 1),
+            "score",
+            "a person detector's score is a probability in [0, 1] (a logit? apply a sigmoid)",
+        ),
+        _counted(
+            table,
+            (table.column("timestamp") < 0) | (table.column("timestamp") > MAX_TIMESTAMP),
+            "timestamp",
+            f"keyframe times are seconds (or frame numbers) of a video, 0..{MAX_TIMESTAMP}",
+        ),
     ]
     _raise_first(table, checks)
     return pd.DataFrame(
