@@ -144,3 +144,16 @@ def test_without_the_time_offset_every_clip_is_outside_its_video(ava_params: dic
     del ava_params["dataset"]["time_offset_s"]
     with pytest.raises(ClipsFailedError, match=r"clips failed in 2 video.*keyframe 90\d s is frame \d+, outside"):
         extract(extract_config(ava_params, "val"))
+
+
+def test_links_out_of_the_data_set_are_followed_only_when_allowed(ava_root: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes((ava_root / "videos" / "-FaXLcSFjUI.mp4").read_bytes())
+    link = ava_root / "videos" / "linked0000a.mp4"
+    link.symlink_to(elsewhere)
+    try:
+        with pytest.raises(LayoutError, match="is a link to .*set dataset.follow_symlinks: true"):
+            DataLayout(ava_root).video("linked0000a")
+        assert DataLayout(ava_root, follow_symlinks=True).video("linked0000a").path == link
+    finally:
+        link.unlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class DataLayout:
     frame_rate: float = 30.0  # of the frame folders (PySlowFast's AVA frames: 30)
     time_offset_s: float = 0.0  # the timestamp of every video's first frame (AVA: 900)
     time_offsets: str | None = None  # CSV of video_id,offset_s overriding time_offset_s (AVA-Kinetics)
+    follow_symlinks: bool = False  # let a link inside the data set point outside it (else refused)
 
     def path(self, template: str, split: str) -> Path:
         """A data-set file for ``split``, inside the root."""
@@ -94,10 +96,15 @@ class DataLayout:
         """Per-video time offsets from ``time_offsets`` (empty when not set)."""
         return {} if self.time_offsets is None else _read_offsets(self.path(self.time_offsets, ""))
 
-    @staticmethod
-    def _inside(folder: Path, path: Path, what: str) -> Path:
-        if not path.resolve().is_relative_to(folder.resolve()):
+    def _inside(self, folder: Path, path: Path, what: str) -> Path:
+        """``path`` if it stays inside ``folder``; links out of it only with ``follow_symlinks``."""
+        if not Path(os.path.normpath(path.absolute())).is_relative_to(Path(os.path.normpath(folder.absolute()))):
             raise LayoutError(f"{what!r} resolves to {path}, outside {folder}; refusing to read outside the data set")
+        if not self.follow_symlinks and not path.resolve().is_relative_to(folder.resolve()):
+            raise LayoutError(
+                f"{path} is a link to {path.resolve()}, outside {folder}; refusing to follow it "
+                "(set dataset.follow_symlinks: true if you trust the links)"
+            )
         return path
 
 
