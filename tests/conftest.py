@@ -38,3 +38,18 @@ def tiny_params(tiny_data: Path, tmp_path: Path) -> dict:
 def write_params(params: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+def cut_video(path: Path, seconds: float) -> None:
+    """Rewrite a video as its first ``seconds``: same size (so the manifest is unchanged), later keyframes outside."""
+    import av
+    import numpy as np
+
+    from stages.data.synth.writers import write_video
+    from stages.data.video import video_info
+
+    fps = video_info(path)[1]
+    with av.open(str(path)) as container:
+        frames = zip(range(round(fps * seconds)), container.decode(video=0), strict=False)
+        head = [f.to_ndarray(format="rgb24") for _, f in frames]
+    write_video(np.stack(head), path, round(fps))

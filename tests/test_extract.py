@@ -6,7 +6,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -17,9 +16,9 @@ from cache_spec.views import CONTEXT_MAP, ROI_POOLED, ROI_SPATIAL
 from pipeline.config import extract_config
 from stages.data.ava import read_annotations
 from stages.data.manifest import MissingVideosError
-from stages.data.synth.writers import write_video
-from stages.data.video import ClipsFailedError, video_info
+from stages.data.video import ClipsFailedError
 from stages.extract import compute_views, extract
+from tests.conftest import cut_video
 
 
 class _Interrupt(Exception):
@@ -227,11 +226,7 @@ def test_failed_clips_leave_their_shards_undone_and_fail_the_run(tiny_params, ti
     """Nothing silent: without allow_missing the run fails naming the video, and those shards are redone later."""
     victim = _copy_with_victim(tiny_params, tiny_data, tmp_path)
     original = victim.read_bytes()
-    _, fps, _, _ = video_info(victim)
-    with av.open(str(victim)) as container:  # the same video cut to its first half second: later keyframes fail
-        frames = zip(range(round(fps / 2)), container.decode(video=0), strict=False)
-        head = [f.to_ndarray(format="rgb24") for _, f in frames]
-    write_video(np.stack(head), victim, round(fps))
+    cut_video(victim, 0.5)  # the same video cut to its first half second: later keyframes fail
     config = extract_config(tiny_params, "train")
     with pytest.raises(ClipsFailedError, match=rf"clips failed in 1 video.*{victim.stem}.*--allow-missing"):
         extract(config)

@@ -37,3 +37,23 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         match=r"190 shape mismatches(.|\n)*s1\.pathway0_stem\.conv\.weight: checkpoint \(16, 3, 1, 7, 7\)",
     ):
         load_backbone(BackboneConfig(preset="small", checkpoint=path))
+
+
+def test_clips_that_fail_stop_finetuning_unless_allowed(tiny_params, tiny_data, tmp_path):
+    """Nothing silent: fine-tuning on fewer clips than the data set has is a choice the user makes by name."""
+    import shutil
+
+    from stages.data.video import ClipsFailedError
+    from tests.conftest import cut_video
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cut_video(sorted((data / "videos").glob("synth_train_*.mp4"))[0], 0.5)  # its later keyframes lie outside it
+    tiny_params["paths"]["data"] = str(data)
+    tiny_params["backbone"]["checkpoint"] = str(tmp_path / "ft" / "backbone.pt")
+    with pytest.raises(ClipsFailedError, match=r"\d+ of \d+ clips could not be decoded .*--allow-missing"):
+        finetune(finetune_config(tiny_params))
+    assert not (tmp_path / "ft" / "backbone.pt").exists()
+    tiny_params["finetune"]["allow_missing"] = True
+    metrics = finetune(finetune_config(tiny_params))
+    assert 0 < metrics["clips"] and (tmp_path / "ft" / "backbone.pt").exists()
