@@ -190,21 +190,6 @@ class _PendingClip:
         return int(self.indices[0])
 
 
-def iter_keyframe_clips(
-    video: Path | str | VideoSource,
-    timestamps_s: Sequence[float],
-    sampling: ClipSampling,
-    time_offset_s: float | None = None,
-    on_outside: Callable[[float, str], None] | None = None,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(timestamp, uint8 [T_f, H, W, 3] RGB)`` for each keyframe: see :func:`_keyframe_clips`.
-
-    Frames whose longer side exceeds ``sampling.max_decode_side`` come out scaled down to it (aspect kept), so a
-    4K source costs no more memory than a 1280-pixel one; :func:`preprocess_clip` sizes them from the source.
-    """
-    yield from _keyframe_clips(video, timestamps_s, sampling, time_offset_s, on_outside)
-
-
 def _decoded_size(height: int, width: int, max_side: int) -> tuple[int, int] | None:
     """The (h, w) to decode to when the frame is larger than ``max_side``, else None (decode as is)."""
     if max(height, width) <= max_side:
@@ -213,7 +198,7 @@ def _decoded_size(height: int, width: int, max_side: int) -> tuple[int, int] | N
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _keyframe_clips(
+def iter_keyframe_clips(
     video: Path | str | VideoSource,
     timestamps_s: Sequence[float],
     sampling: ClipSampling,
@@ -229,6 +214,9 @@ def _keyframe_clips(
     offset): it is not yielded and ``on_outside(timestamp, message)`` is called (without it, the message is
     logged as an error). Raises ``VideoDecodeError`` naming the file if it cannot be opened, a packet fails to
     decode, or fewer frames decode than the container declares (truncation); clips yielded before are correct.
+
+    Frames whose longer side exceeds ``sampling.max_decode_side`` come out scaled down to it (aspect kept), so a
+    4K source costs no more memory than a 1280-pixel one; :func:`preprocess_clip` sizes them from the source.
     """
     source = _source(video)
     offset = source.time_offset_s if time_offset_s is None else time_offset_s
