@@ -316,6 +316,125 @@ def verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command("import-features")
+def import_features(
+    features: Annotated[
+        Path, typer.Option(help="HDF5 file of per-box (and per-clip) features; layout in stages/data/hdf5.py.")
+    ],
+    split: Annotated[str, typer.Option(help="Which split's store to build from it (train, val, ...).")] = "train",
+    dataset: DatasetOption = "ava",
+    extractor: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the model and weights that made the features, where the file has no "
+            "`extractor` attribute; the train and val files of one extractor must carry the same name."
+        ),
+    ] = None,
+    box_tolerance: Annotated[
+        float | None, typer.Option(help="A file box matches a manifest box within this, per normalised coordinate.")
+    ] = None,
+    allow_extra: Annotated[
+        bool, typer.Option("--allow-extra", help="Skip rows of videos the split does not have (a file of splits).")
+    ] = False,
+    allow_missing: AllowMissingOption = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Build a split's store from features another extractor wrote (PySlowFast, mmaction2), so heads train on them.
+
+    The rows are the split's manifest, exactly as extract builds it; every manifest box must find its row of the
+    same video and timestamp with a matching box (else an error naming the first missing one); file rows no box
+    takes are reported. train-head and evaluate then read the store unchanged.
+    """
+    from pipeline import config as cfg
+    from stages.import_features import import_features as run
+
+    config = cfg.import_config(
+        cfg.load_params(params), split, features, dataset, extractor, box_tolerance, allow_extra, allow_missing
+    )
+    summary = run(config)
+    log.info(
+        "%s: %d clips, %d boxes, views %s from %s (sha256 %s); %d shards written, %d already done; %d file rows unused",
+        summary.store,
+        summary.clips,
+        summary.boxes,
+        ", ".join(summary.views),
+        features,
+        summary.sha256[:16],
+        summary.shards_written,
+        summary.shards_skipped,
+        summary.extra_rows,
+    )
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="The HDF5 file to write (the layout import-features reads).")],
+    split: Annotated[str, typer.Option(help="Which split's store to export.")] = "train",
+    views: Annotated[
+        str | None, typer.Option(help="Comma-separated views, e.g. roi_pooled,context_map (default: every one).")
+    ] = None,
+    dataset: DatasetOption = "ava",
+    scale: Annotated[float, typer.Option(help="The test-time variant store of this input scale.")] = 1.0,
+    flip: Annotated[bool, typer.Option("--flip", help="The mirrored test-time variant store.")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write chosen views of a store to HDF5 (video_id, timestamp, box, features/<view>), for tools that read it."""
+    from pipeline import config as cfg
+    from stages.export import export as run
+
+    summary = run(cfg.export_config(cfg.load_params(params), split, out, _names(views) or (), dataset, scale, flip))
+    log.info("%s: %s of %d boxes and %d clips", summary.out, ", ".join(summary.views), summary.boxes, summary.clips)
+
+
+@app.command("dense-eval")
+def dense_eval(
+    gt: Annotated[
+        Path,
+        typer.Option(
+            "--gt",
+            "-g",
+            help="Ground truth: an ACT/MOC gt.pkl (MultiSports' GT, test-only files too; ACT's UCF101v2-GT.pkl, "
+            "JHMDB-GT.pkl) or the corrected UCF101-24 pyannot.pkl (with --classes).",
+        ),
+    ],
+    detections: Annotated[
+        list[Path],
+        typer.Option(
+            "--detections",
+            "-d",
+            help="Repeatable: MultiSports/MOC frame_detections.pkl, MultiSports video_detections.pkl, a MOC "
+            "inference folder (tubelets, <video>_tubes.pkl), or the project's tables (per-frame detections, "
+            "tubes.parquet) as CSV/Parquet.",
+        ),
+    ],
+    protocol: Annotated[
+        str,
+        typer.Option(help="multisports: evaluate_multisports.py's rules; act: ACT/MOC's ACT.py (UCF101-24, JHMDB)."),
+    ],
+    split: Annotated[int, typer.Option(min=1, help="Test split, 1-based as MOC's --split (JHMDB has 3).")] = 1,
+    link: Annotated[
+        bool, typer.Option("--link", help="No tube file: link the per-frame detections (MOC's linker) for video-mAP.")
+    ] = False,
+    classes: Annotated[
+        Path | None, typer.Option(help="Class names of a pyannot.pkl ground truth (text lines, or a pickle).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """Dense frame-mAP and video-mAP of detection files: a drop-in for MultiSports' evaluate_multisports.py and
+    MOC's ACT.py (frameAP, videoAP, videoAP_all), on their files or the project's.
+
+    Per-frame detections give frame-mAP, tubes video-mAP (under act after ACT's 3D NMS); AP per class, then each
+    mAP, as fractions.
+    """
+    if protocol not in ("multisports", "act"):
+        raise typer.BadParameter(f"{protocol!r} is not one of 'multisports', 'act'", param_hint="'--protocol'")
+    from stages.metrics.dense import evaluate_dense_files, format_dense_report
+    from stages.metrics.tubes import LinkParams
+
+    report = evaluate_dense_files(gt, detections, protocol, split - 1, LinkParams() if link else None, classes)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_dense_report(report))
+
+
 _VERBOSE = ("-v", "--verbose")
 
 

@@ -429,3 +429,57 @@ def evaluate_config(params: Mapping[str, Any], dataset: str = "ava") -> Evaluate
         out_dir=runs / "evaluate",
         **fixed,
     )
+
+
+if typing.TYPE_CHECKING:
+    from stages.export import ExportConfig
+    from stages.import_features import ImportConfig
+
+
+def import_config(
+    params: Mapping[str, Any],
+    split: str,
+    features: Path,
+    dataset: str = "ava",
+    extractor: str | None = None,
+    box_tolerance: float | None = None,
+    allow_extra: bool = False,
+    allow_missing: bool = False,
+) -> ImportConfig:
+    """The rows, box geometry and store layout ``extract`` would use for ``split`` (so the stores match row for
+    row), the store at the path train-head and evaluate read; the rest from the command line."""
+    from stages.import_features import ImportConfig
+
+    extract = extract_config(params, split, dataset=dataset)
+    optional = {} if box_tolerance is None else {"box_tolerance": box_tolerance}
+    try:
+        return ImportConfig(
+            features=Path(features),
+            out=store_path(params, split, dataset=dataset),
+            manifest=extract.manifest,
+            sampling=extract.sampling,
+            stride=extract.backbone.stride,
+            extractor=extractor,
+            allow_extra=allow_extra,
+            allow_missing=allow_missing or extract.allow_missing,
+            dtype=extract.dtype,
+            clips_per_shard=extract.clips_per_shard,
+            **optional,
+        )
+    except (TypeError, ValueError) as err:
+        raise ParamsError(f"import-features: {err}") from err
+
+
+def export_config(
+    params: Mapping[str, Any],
+    split: str,
+    out: Path,
+    views: Sequence[str] = (),
+    dataset: str = "ava",
+    scale: float = 1.0,
+    flip: bool = False,
+) -> ExportConfig:
+    """The split's store (or a test-time variant's) and the views to write; empty ``views``: every stored one."""
+    from stages.export import ExportConfig
+
+    return ExportConfig(store=store_path(params, split, scale, flip, dataset), out=Path(out), views=tuple(views))
