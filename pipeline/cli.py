@@ -423,8 +423,7 @@ def dense_eval(
     """Dense frame-mAP and video-mAP of detection files: a drop-in for MultiSports' evaluate_multisports.py and
     MOC's ACT.py (frameAP, videoAP, videoAP_all), on their files or the project's.
 
-    Per-frame detections give frame-mAP, tubes video-mAP (under act after ACT's 3D NMS); AP per class, then each
-    mAP, as fractions.
+    Frame detections give frame-mAP, tubes video-mAP (act: after ACT's 3D NMS); AP per class, then each mAP.
     """
     if protocol not in ("multisports", "act"):
         raise typer.BadParameter(f"{protocol!r} is not one of 'multisports', 'act'", param_hint="'--protocol'")

@@ -177,3 +177,37 @@ def test_malicious_ground_truth_is_refused(tmp_path: Path) -> None:
 def test_source_is_recorded() -> None:
     a = dense_dataset_from_dict(raw_dict(), "x.pkl")
     assert isinstance(a, DenseDataset) and a.source == "x.pkl"
+
+
+def test_test_only_file_reads_its_test_split_and_names_the_missing_train_key(tmp_path: Path) -> None:
+    """MultiSports' test-set gt.pkl has no 'train_videos': the test split reads, train is refused by name."""
+    data = raw_dict()
+    del data["train_videos"]
+    path = write_raw(tmp_path / "test_only.pkl", data)
+    ds = read_dense_dataset(path)
+    assert ds.videos("test") == ("run/c", "run/d") and ds.num_splits == 1 and ds.absent == {"train_videos"}
+    with pytest.raises(DenseDatasetError, match=rf"^{path}: no 'train_videos' in this file .* train split cannot"):
+        ds.videos("train")
+    again = write_dense_dataset(ds, tmp_path / "again.pkl")
+    with again.open("rb") as f:
+        assert "train_videos" not in pickle.load(f)  # written back as it came
+
+
+def test_train_only_file_and_a_file_without_any_split(tmp_path: Path) -> None:
+    data = raw_dict()
+    del data["test_videos"]
+    ds = read_dense_dataset(write_raw(tmp_path / "train_only.pkl", data))
+    assert ds.videos("train") == ("walk/a", "walk/b") and ds.num_splits == 1
+    with pytest.raises(DenseDatasetError, match="no 'test_videos' in this file"):
+        ds.videos("test")
+    del data["train_videos"]
+    assert "missing key(s) ['train_videos', 'test_videos']" in _error(tmp_path, data)
+
+
+def test_python2_byte_strings_are_latin1(tmp_path: Path) -> None:
+    """ACT's pickles come from Python 2: names are byte strings, decoded as latin-1 as MOC does."""
+    data = raw_dict()
+    data["labels"] = [b"walk", "caf\xe9".encode("latin-1")]
+    data["nframes"] = {v.encode(): n for v, n in data["nframes"].items()}
+    ds = read_dense_dataset(write_raw(tmp_path / "py2.pkl", data, protocol=2))
+    assert ds.labels == ("walk", "café") and set(ds.nframes) == {"walk/a", "walk/b", "run/c", "run/d"}

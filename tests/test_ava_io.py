@@ -531,3 +531,19 @@ def test_predicted_boxes_with_implausible_values_are_refused(tmp_path: Path, row
     path.write_text(rows)
     with pytest.raises(AvaFormatError, match=expected):
         read_predicted_boxes(path)
+
+
+@pytest.mark.parametrize("video_id", ["../../../../x", "/abs/x", "a\\b", "a/../b", "a//b"])
+def test_a_video_id_that_is_a_path_is_refused_at_read_time(tmp_path: Path, video_id: str) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text(f"ok,0902,0.1,0.1,0.5,0.5,12,0\n{video_id},0902,0.1,0.1,0.5,0.5,12,0\n")
+    with pytest.raises(AvaFormatError, match=r"train.csv:2: video_id .* is a path, not a name"):
+        read_annotations(path)
+
+
+def test_class_folder_video_ids_are_names(tmp_path: Path) -> None:
+    """UCF101-24 / JHMDB / MultiSports keep videos as class/video: such ids are read as they are."""
+    path = tmp_path / "train.csv"
+    path.write_text("Basketball/v_Basketball_g01_c01,0001,0.1,0.1,0.5,0.5,12,0\n")
+    frame = read_annotations(path)
+    assert frame["video_id"].tolist() == ["Basketball/v_Basketball_g01_c01"]

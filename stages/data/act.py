@@ -5,6 +5,11 @@ The pickle is a dict with ``labels`` (class names, index = label id), ``train_vi
 (video -> frame count), ``resolution`` (video -> (height, width)) and ``gttubes`` (video -> label id ->
 list of tubes, each an array of rows ``(frame, x1, y1, x2, y2)`` in pixels with 1-based frames).
 
+A file needs only the split lists it is read for: MultiSports ships its test-set ground truth without
+``train_videos``, and evaluating it needs none. Such a file reads; asking it for the absent subset raises a
+:class:`DenseDatasetError` naming the file and the key. Python 2 pickles (ACT's ``UCF101v2-GT.pkl``,
+``JHMDB-GT.pkl``) read too: their byte strings are decoded as latin-1, as MOC's loader does.
+
 Files come from users, so they are read with :func:`stages.data.safe_pickle.load_pickle` (nothing in them is
 executed) and validated up front: every error names the file and the offending video / label / tube,
 which is what one needs to fix a 3,000-video annotation by hand. Evaluation code downstream assumes what
@@ -29,6 +34,8 @@ from stages.data.safe_pickle import UnsafePickleError, load_pickle
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("labels", "train_videos", "test_videos", "nframes", "resolution", "gttubes")
+SPLIT_KEYS = ("train_videos", "test_videos")  # at least one; each only where its subset is read
+_SUBSET_KEYS = {"train": "train_videos", "test": "test_videos"}
 GT_BOX_COLUMNS = ["video", "frame", "label", "tube", "x1", "y1", "x2", "y2"]
 
 
@@ -46,7 +53,8 @@ class DenseDataset:
 
     ``gttubes[video][label]`` is a list of float64 arrays ``(n, 5)``: frame (1-based, strictly increasing),
     x1, y1, x2, y2 in pixels. ``resolution[video]`` is ``(height, width)`` as in the original pickles.
-    Splits are 0-based here (MOC's ``--split 1`` is ``split=0``).
+    Splits are 0-based here (MOC's ``--split 1`` is ``split=0``). ``absent`` names the split keys the file
+    did not have (their lists are empty here); :meth:`videos` refuses those subsets.
     """
 
     labels: tuple[str, ...]
@@ -56,16 +64,25 @@ class DenseDataset:
     resolution: dict[str, tuple[int, int]]
     gttubes: dict[str, dict[int, list[np.ndarray]]]
     source: str | None = None
+    absent: frozenset[str] = frozenset()
 
     @property
     def num_splits(self) -> int:
-        return len(self.test_videos)
+        return len(self.train_videos if "test_videos" in self.absent else self.test_videos)
 
     def videos(self, subset: str = "test", split: int = 0) -> tuple[str, ...]:
         """The video list of ``subset`` ("train" or "test") for the 0-based ``split``."""
         lists = {"train": self.train_videos, "test": self.test_videos}.get(subset)
         if lists is None:
             raise ValueError(f"subset must be 'train' or 'test', got {subset!r}")
+        key = _SUBSET_KEYS[subset]
+        if key in self.absent:
+            has = [k for k in SPLIT_KEYS if k not in self.absent]
+            raise DenseDatasetError(
+                self.source,
+                f"no '{key}' in this file (it has {has} only), so its {subset} split cannot be read; "
+                "MultiSports' test-set ground truth has no train list: train from the train/val file",
+            )
         if not 0 <= split < len(lists):
             raise ValueError(f"{self.source or '<memory>'}: split {split} out of range: {len(lists)} split(s)")
         return lists[split]
@@ -113,7 +130,7 @@ def _video_name(obj: Any, source: str | Path | None, where: str) -> str:
         obj = obj.decode("latin-1")
     if not isinstance(obj, str):
         raise DenseDatasetError(source, f"{where}: video names must be strings, got {type(obj).__name__}")
-    return obj
+    return str(obj)  # numpy.str_ (the corrected UCF101-24 files) -> str
 
 
 def _splits(obj: Any, key: str, source: str | Path | None) -> tuple[tuple[str, ...], ...]:
@@ -156,21 +173,46 @@ def _check_tube(arr: Any, video: str, label: int, index: int, nframes: int, sour
     return tube
 
 
+def looks_like_pyannot(data: Mapping) -> bool:
+    """The corrected UCF101-24 annotations (``pyannot.pkl``): video -> {annotations, numf, label}, or under 'db'."""
+    db = data.get("db", data)
+    first = next(iter(db.values()), None) if isinstance(db, Mapping) else None
+    return isinstance(first, Mapping) and "annotations" in first
+
+
 def dense_dataset_from_dict(data: Any, source: str | Path | None = None) -> DenseDataset:
-    """Validate the unpickled ground-truth dict and build a :class:`DenseDataset` from it."""
+    """Validate the unpickled ground-truth dict and build a :class:`DenseDataset` from it.
+
+    ``train_videos`` and ``test_videos`` may each be absent (not both): see :attr:`DenseDataset.absent`.
+    """
     if not isinstance(data, Mapping):
         raise DenseDatasetError(source, f"expected a dict at the top level, got {type(data).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
+    bad_keys = [k for k in data if not isinstance(k, (str, bytes))]
+    if bad_keys:
+        raise DenseDatasetError(source, f"top-level key {bad_keys[0]!r} ({type(bad_keys[0]).__name__}) is not a string")
+    data = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in data.items()}
+    absent = frozenset(k for k in SPLIT_KEYS if k not in data)
+    missing = [k for k in REQUIRED_KEYS if k not in data and (k not in SPLIT_KEYS or absent == set(SPLIT_KEYS))]
     if missing:
-        raise DenseDatasetError(source, f"missing key(s) {missing}; an ACT/MOC pickle has {list(REQUIRED_KEYS)}")
+        hint = ""
+        if looks_like_pyannot(data):
+            hint = (
+                " (this looks like the corrected UCF101-24 annotations, pyannot.pkl: convert them with "
+                "`python -m stages.data.dense_formats pyannot FILE --classes CLASSES --out gt.pkl`)"
+            )
+        raise DenseDatasetError(
+            source,
+            f"missing key(s) {missing}; an ACT/MOC pickle has {list(REQUIRED_KEYS)} "
+            f"(a split list only where its subset is read){hint}",
+        )
 
     raw_labels = data["labels"]
     if not isinstance(raw_labels, (list, tuple)):
         raise DenseDatasetError(source, "'labels' must be a list of class names")
     labels = tuple(lab.decode("latin-1") if isinstance(lab, bytes) else str(lab) for lab in raw_labels)
-    train = _splits(data["train_videos"], "train_videos", source)
-    test = _splits(data["test_videos"], "test_videos", source)
-    if len(train) != len(test):
+    train = _splits(data["train_videos"], "train_videos", source) if "train_videos" not in absent else ()
+    test = _splits(data["test_videos"], "test_videos", source) if "test_videos" not in absent else ()
+    if not absent and len(train) != len(test):
         raise DenseDatasetError(source, f"{len(train)} train split(s) but {len(test)} test split(s)")
 
     for key in ("nframes", "resolution", "gttubes"):
@@ -225,6 +267,7 @@ def dense_dataset_from_dict(data: Any, source: str | Path | None = None) -> Dens
         resolution=resolution,
         gttubes=gttubes,
         source=str(source) if source is not None else None,
+        absent=absent,
     )
 
 
@@ -242,15 +285,17 @@ def read_dense_dataset(path: str | Path) -> DenseDataset:
         raise DenseDatasetError(path, f"not a readable pickle ({type(e).__name__}: {e})") from e
     ds = dense_dataset_from_dict(data, path)
     logger.info("%s: %d labels, %d split(s), %d videos", path, len(ds.labels), ds.num_splits, len(ds.nframes))
+    if ds.absent:
+        logger.info("%s: no %s (only the other subset can be read)", path, " / ".join(sorted(ds.absent)))
     return ds
 
 
 def dense_dataset_to_dict(ds: DenseDataset) -> dict[str, Any]:
-    """The plain builtins + numpy structure the ACT/MOC/MultiSports code unpickles."""
+    """The plain builtins + numpy structure the ACT/MOC/MultiSports code unpickles (absent split keys stay absent)."""
+    splits = {"train_videos": ds.train_videos, "test_videos": ds.test_videos}
     return {
         "labels": list(ds.labels),
-        "train_videos": [list(s) for s in ds.train_videos],
-        "test_videos": [list(s) for s in ds.test_videos],
+        **{k: [list(s) for s in lists] for k, lists in splits.items() if k not in ds.absent},
         "nframes": dict(ds.nframes),
         "resolution": {v: tuple(hw) for v, hw in ds.resolution.items()},
         "gttubes": {

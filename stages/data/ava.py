@@ -579,8 +579,25 @@ def _counted(table: _Table, bad: np.ndarray, name: str, rule: str) -> Check:
     return (bad, message)
 
 
-def _video_id_check(table: _Table) -> Check:
-    return ((table.video_id == "").to_numpy(dtype=bool), lambda row: "empty video_id: every row starts with one")
+def _video_id_check(table: _Table) -> list[Check]:
+    """Every row has a video id, and the id is a name (``class/video`` parts allowed), never a path out of its folder.
+
+    Ids become file names when videos and per-video outputs are found, so ``../x`` or ``/abs/x`` must not pass.
+    """
+    ids = table.video_id
+    empty = (ids == "").to_numpy(dtype=bool)
+    path = (
+        ids.str.contains("\\\\|\x00", regex=True)
+        | ids.str.startswith("/")
+        | ids.str.endswith("/")
+        | ids.str.contains(r"(?:^|/)\.{1,2}(?:/|$)|//", regex=True)
+    ).to_numpy(dtype=bool) & ~empty
+
+    def message(row: int) -> str:
+        name = str(ids.iloc[row])
+        return f"video_id {name!r} is a path, not a name: ids may not hold '..', backslashes or NUL, or start with '/'"
+
+    return [(empty, lambda row: "empty video_id: every row starts with one"), (path, message)]
 
 
 def _unit_box_checks(table: _Table, rows: np.ndarray) -> list[Check]:
@@ -693,7 +710,7 @@ def read_annotations(path: str | Path, label_map: LabelMap | None = None) -> pd.
     has_box = table.n_fields >= 7
     kept, skipped = _in_label_map(table, has_box, label_map)
     checks = [
-        _video_id_check(table),
+        *_video_id_check(table),
         *_number_checks(table, ["timestamp", *BOX_COLUMNS, "action_id"]),
         *_number_checks(table, ["person_id"], kept),  # the official evaluator reads it only on rows it keeps
         *_unit_box_checks(table, kept),
@@ -828,7 +845,7 @@ def read_predicted_boxes(path: str | Path) -> pd.DataFrame:
     every = np.ones(len(table), dtype=bool)
     action_bad = table.invalid("action_id", allow_blank=True)
     checks = [
-        _video_id_check(table),
+        *_video_id_check(table),
         *_number_checks(table, ["timestamp", *BOX_COLUMNS]),
         (action_bad, _number_checks(table, ["action_id"])[0][1]),
         *_number_checks(table, ["score"]),
@@ -864,7 +881,7 @@ def read_excluded_timestamps(path: str | Path) -> pd.DataFrame:
     The older official evaluator's ``-e`` file: excluded keyframes count neither way. Repeated rows are one keyframe.
     """
     table = _read_table(path, EXCLUDED_COLUMNS, (2,), "excluded keyframes are video_id,timestamp")
-    _raise_first(table, [_video_id_check(table), *_number_checks(table, ["timestamp"])])
+    _raise_first(table, [*_video_id_check(table), *_number_checks(table, ["timestamp"])])
     df = pd.DataFrame(
         {"video_id": table.video_id.reset_index(drop=True), "timestamp": _timestamps(table.column("timestamp"))}
     )

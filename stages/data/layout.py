@@ -27,15 +27,22 @@ class LayoutError(VideoDecodeError):
     """A path from the data set's files escapes its folder, or an offsets file is malformed."""
 
 
-def plain_video_id(video_id: str) -> str:
-    """``video_id`` if it is a plain file name; ids come from users' CSVs and become file names, never paths."""
+def plain_video_id(video_id: str, subfolders: bool = False) -> str:
+    """``video_id`` if it is a plain file name; ids come from users' files and become file names, never paths.
+
+    ``subfolders``: ``class/video`` ids (UCF101-24, JHMDB, MultiSports keep videos in class folders) are allowed,
+    each part a plain name, so the id still cannot leave its folder.
+    """
+    parts = video_id.split("/") if subfolders else [video_id]
     if (
         not video_id
-        or video_id in (".", "..")
-        or any(c in video_id for c in ("/", "\\", "\0"))
+        or any(c in video_id for c in ("\\", "\0"))
+        or (not subfolders and "/" in video_id)
         or Path(video_id).is_absolute()
+        or any(part in ("", ".", "..") for part in parts)
     ):
-        raise LayoutError(f"video id {video_id!r} is not a plain name (no path separators, '..' or NUL)")
+        separators = "" if subfolders else "path separators, "
+        raise LayoutError(f"video id {video_id!r} is not a plain name (no {separators}'..', backslashes or NUL)")
     return video_id
 
 
@@ -75,7 +82,7 @@ class DataLayout:
     def video(self, video_id: str) -> VideoSource:
         """The source of one video: its frame folder if ``frames`` is set and it exists, else the first
         ``<id><ext>`` file that exists (so a data set may mix both)."""
-        plain_video_id(video_id)
+        plain_video_id(video_id, subfolders=True)
         offset = self.offsets().get(video_id, self.time_offset_s)
         if self.frames is not None:
             pattern = self.root / self.frames.format(video_id=video_id)

@@ -33,16 +33,19 @@ All values are fractions in [0, 1] (the references print percentages).
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from stages.data.act import DenseDataset
 from stages.metrics.boxes import iou_pairs
-from stages.metrics.tubes import DETECTION_COLUMNS, Tube
+from stages.metrics.tubes import DETECTION_COLUMNS, LinkParams, Tube, link_tubes
 
 logger = logging.getLogger(__name__)
 
@@ -586,3 +589,126 @@ def _nms_per_group(tubes: list[Tube], vindex: dict[str, int], p: Protocol, overl
         m[local[ib[lo:hi]], local[ia[lo:hi]]] = iou[lo:hi]
         kept.extend(tubes[members[i]] for i in _greedy_nms(m, scores[members], overlap))
     return kept
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _thr(t: float) -> str:
+    return f"{t:g}"
+
+
+def evaluate_dense_files(
+    ground_truth: str | Path,
+    detections: Sequence[str | Path],
+    protocol: str | Protocol = "multisports",
+    split: int = 0,
+    link: LinkParams | None = None,
+    classes: str | Path | None = None,
+) -> dict[str, Any]:
+    """Frame-mAP and video-mAP of detection files, as the references' scripts compute them; a JSON-ready report.
+
+    ``ground_truth``: an ACT/MOC ``gt.pkl`` (test-only files too) or corrected UCF101-24 annotations with
+    ``classes``; ``detections``: files in any format of :mod:`stages.data.dense_formats` (at most one per-frame
+    source and one tube source). Per-frame detections give frame-mAP; tubes give video-mAP; with ``link``
+    and no tube source, the per-frame detections of the test videos are linked (MOC's linker) for video-mAP.
+    ``split`` is 0-based. The report holds fractions (the references print percentages).
+    """
+    from cache_spec.errors import InputError
+    from stages.data.dense_formats import DenseFormatError, read_dense_detections, read_dense_ground_truth
+
+    p = get_protocol(protocol)
+    dataset = read_dense_ground_truth(ground_truth, classes)
+    videos = dataset.videos("test", split)
+    found = read_dense_detections(detections, dataset, split)
+    frames, tubes = found.frames, found.tubes
+    linked = False
+    try:  # what the readers let through and the metrics refuse (a table's inverted box, ...) is still bad input
+        if tubes is None and link is not None and frames is not None:
+            test_rows = frames[frames["video"].astype(str).isin(set(videos))]
+            if len(test_rows) < len(frames):
+                logger.info(
+                    "linking the %d detections of test videos (%d others left out)",
+                    len(test_rows),
+                    len(frames) - len(test_rows),
+                )
+            tubes, linked = link_tubes(test_rows, link, nframes=dataset.nframes), True
+        frame = frame_map(dataset, frames, p, split) if frames is not None else None
+        video = video_map(dataset, tubes, p, split) if tubes is not None else None
+    except ValueError as e:
+        if isinstance(e, InputError):
+            raise
+        raise DenseFormatError(", ".join(str(d) for d in detections), str(e)) from e
+
+    def ap(result: DenseMapResult | None, thr: float, name: str) -> float | None:
+        if result is None:
+            return None
+        return _finite(result.per_class.get(round(thr, 6), {}).get(name))
+
+    scored = frame or video
+    evaluated = set(next(iter(scored.per_class.values()))) if scored is not None else set()
+    per_class = []
+    for i, name in enumerate(dataset.labels):
+        row: dict[str, Any] = {"label": i, "name": name, "evaluated": name in evaluated}
+        if not row["evaluated"]:
+            row["reason"] = "ignored by the protocol" if name in p.ignored_labels else "no ground truth"
+        row["frame_ap@0.5"] = ap(frame, 0.5, name)
+        for t in p.video_thresholds:
+            row[f"video_ap@{_thr(t)}"] = ap(video, t, name)
+        per_class.append(row)
+    return {
+        "protocol": p.name,
+        "ground_truth": str(ground_truth),
+        "split": split + 1,
+        "test_videos": len(videos),
+        "detections": list(found.formats),
+        "frame_detections": None if frames is None else int(len(frames)),
+        "tubes": None if tubes is None else len(tubes),
+        "tubes_linked": linked,
+        "frame_map": None
+        if frame is None
+        else {_thr(t): _finite(frame.per_threshold[round(t, 6)]) for t in p.frame_thresholds},
+        "video_map": None
+        if video is None
+        else {_thr(t): _finite(video.per_threshold[round(t, 6)]) for t in p.video_thresholds},
+        "video_map_ranges": None if video is None else {k: _finite(v) for k, v in video.ranges.items()},
+        "per_class": per_class,
+    }
+
+
+def format_dense_report(report: Mapping[str, Any]) -> str:
+    """The report of :func:`evaluate_dense_files` as a text table: AP per class, then each mAP."""
+
+    def number(value: float | None) -> str:
+        return f"{'-':>12}" if value is None else f"{value:12.6f}"
+
+    video_keys = [k for k in report["per_class"][0] if k.startswith("video_ap@")] if report["per_class"] else []
+    columns = (["frame_ap@0.5"] if report["frame_map"] is not None else []) + (
+        video_keys if report["video_map"] is not None else []
+    )
+    name_width = max([len(c["name"]) for c in report["per_class"]] + [4])
+    headers = [c.replace("_ap", " AP") for c in columns]
+    widths = [max(14, len(h) + 2) for h in headers]
+    lines = [
+        f"protocol {report['protocol']}: {report['ground_truth']}, test split {report['split']} "
+        f"({report['test_videos']} videos); values are fractions (the references print percentages)",
+        *(f"  detections: {d}" for d in report["detections"]),
+        "",
+        f"{'label':>5}  {'name':<{name_width}}" + "".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)),
+    ]
+    for c in report["per_class"]:
+        values = "".join(f"{number(c[k]):>{w}}" for k, w in zip(columns, widths, strict=True))
+        note = "" if c["evaluated"] else f"  (not in the mean: {c['reason']})"
+        lines.append(f"{c['label']:>5}  {c['name']:<{name_width}}{values}{note}")
+    lines.append("")
+    for t, value in (report["frame_map"] or {}).items():
+        lines.append(f"{'frame-mAP@' + t:<20}{number(value)}")
+    for t, value in (report["video_map"] or {}).items():
+        lines.append(f"{'video-mAP@' + t:<20}{number(value)}")
+    for name, value in (report["video_map_ranges"] or {}).items():
+        lines.append(f"{'video-mAP@' + name:<20}{number(value)}")
+    return "\n".join(lines)
