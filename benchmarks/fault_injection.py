@@ -37,7 +37,7 @@ def _params(data: Path, work: Path) -> dict:
     params["paths"] = {"data": str(data), "synth": str(data), "cache": str(work / "cache"), "runs": str(work / "runs")}
     params["backbone"]["checkpoint"] = None
     params["extract"].update(clips_per_shard=1, batch_clips=1, threads=1, heads=["linear"], views=["context_map"])
-    params["train"].update(epochs=40, device="cpu")
+    params["train"].update(epochs=300, device="cpu")  # long enough that kills land mid-run
     return params
 
 
