@@ -579,6 +579,14 @@ def _counted(table: _Table, bad: np.ndarray, name: str, rule: str) -> Check:
     return (bad, message)
 
 
+def _action_id_range_check(table: _Table, rows: np.ndarray) -> Check:
+    """Without a label map nothing bounds an id, but it must fit the int64 column it is read into."""
+    return (
+        rows & (np.abs(table.column("action_id")) >= 2**63),
+        lambda row: f"action_id {table.text(row, 'action_id')} is out of range",
+    )
+
+
 def _video_id_check(table: _Table) -> list[Check]:
     """Every row has a video id, and the id is a name (``class/video`` parts allowed), never a path out of its folder.
 
@@ -716,12 +724,7 @@ def read_annotations(path: str | Path, label_map: LabelMap | None = None) -> pd.
         *_unit_box_checks(table, kept),
     ]
     if label_map is None:
-        checks.append(
-            (
-                kept & (np.abs(table.column("action_id")) >= 2**63),
-                lambda row: f"action_id {table.text(row, 'action_id')} is out of range",
-            )
-        )
+        checks.append(_action_id_range_check(table, kept))
     _raise_first(table, checks)
 
     timestamp = table.column("timestamp")
@@ -777,12 +780,7 @@ def read_detections(path: str | Path, label_map: LabelMap | None = None) -> pd.D
         *_number_checks(table, ["score"], kept),
     ]
     if label_map is None:
-        checks.append(
-            (
-                kept & (np.abs(table.column("action_id")) >= 2**63),
-                lambda row: f"action_id {table.text(row, 'action_id')} is out of range",
-            )
-        )
+        checks.append(_action_id_range_check(table, kept))
     _raise_first(table, checks)
     rows = np.flatnonzero(kept)
 
