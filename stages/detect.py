@@ -142,7 +142,7 @@ def _fingerprint(config: DetectConfig, annotations: Path) -> dict[str, Any]:
             )
         },
         "time_offset_s": config.data.time_offset_s,
-        "time_offsets": config.data.offsets(),
+        "time_offsets": config.data.offsets_digest(),
         "frames": config.data.frames is not None,
     }
 

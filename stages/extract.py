@@ -125,7 +125,7 @@ def fingerprint(config: ExtractConfig, weights: str) -> dict[str, Any]:
         "predicted_boxes": str(config.predicted_boxes or "data_dir"),
         "frames": config.data.frames is not None,  # JPEG frame folders decode to other pixels than videos
         "time_offset_s": config.data.time_offset_s,
-        "time_offsets": config.data.offsets(),
+        "time_offsets": config.data.offsets_digest(),
         "det_threshold": config.det_threshold,
         "label_iou": config.label_iou,
     }

@@ -157,3 +157,22 @@ def test_links_out_of_the_data_set_are_followed_only_when_allowed(ava_root: Path
         assert DataLayout(ava_root, follow_symlinks=True).video("linked0000a").path == link
     finally:
         link.unlink()
+
+
+def test_per_video_time_offsets_override_the_global_one(ava_root: Path, ava_params: dict) -> None:
+    """AVA-Kinetics style: each clip's own start, from a video_id,offset_s file."""
+    video_id = VIDEOS["synth_val_000"][0]
+    (ava_root / "offsets.csv").write_text(f"video_id,offset_s\n{video_id},900\n")
+    try:
+        layout = DataLayout(ava_root, time_offset_s=0.0, time_offsets="offsets.csv")
+        source = layout.video(video_id)
+        assert source.time_offset_s == 900.0 and layout.video(VIDEOS["synth_val_001"][0]).time_offset_s == 0.0
+        fps = round(video_info(source)[1])
+        ((_, clip),) = iter_keyframe_clips(source, [902.0], KEYFRAME_ONLY)
+        np.testing.assert_array_equal(clip[0], _decoded(source.path)[2 * fps])
+        digest = layout.offsets_digest()
+        assert digest is not None and len(digest) == 16 and DataLayout(ava_root).offsets_digest() is None
+        ava_params["dataset"]["time_offsets"] = "offsets.csv"
+        assert extract_config(ava_params, "val").data.offsets_digest() == digest
+    finally:
+        (ava_root / "offsets.csv").unlink()

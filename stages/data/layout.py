@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,14 @@ class DataLayout:
     def offsets(self) -> dict[str, float]:
         """Per-video time offsets from ``time_offsets`` (empty when not set)."""
         return {} if self.time_offsets is None else _read_offsets(self.path(self.time_offsets, ""))
+
+    def offsets_digest(self) -> str | None:
+        """What the per-video offsets are, for fingerprints (AVA-Kinetics has one per clip: too many to list)."""
+        offsets = self.offsets()
+        if not offsets:
+            return None
+        text = "\n".join(f"{video},{offset!r}" for video, offset in sorted(offsets.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _inside(self, folder: Path, path: Path, what: str) -> Path:
         """``path`` if it stays inside ``folder``; links out of it only with ``follow_symlinks``."""

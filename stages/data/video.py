@@ -380,7 +380,12 @@ def decode_clips(
                 seconds = (seconds - 1) / video_info(source)[1]
                 source = VideoSource(source.path, source.frame_rate, source.first_number, 0.0)
             ts_to_index = dict(zip(seconds.tolist(), indices.tolist(), strict=True))
-            size = frame_size(source)
+            # the source's frame size as the manifest measured it (the clip is sized from it); else ask the file
+            size = (
+                (int(group["frame_h"].iloc[0]), int(group["frame_w"].iloc[0]))
+                if "frame_h" in group and group["frame_h"].iloc[0] > 0
+                else frame_size(source)
+            )
             for ts, frames in iter_keyframe_clips(source, list(ts_to_index), sampling, on_outside=outside.__setitem__):
                 done.add(ts_to_index[ts])
                 if flip:
