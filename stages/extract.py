@@ -90,9 +90,6 @@ class ExtractConfig:
         return replace(self.sampling, short_side=round(self.sampling.short_side * self.scale), canvas=(height, width))
 
 
-# ---- the manifest ---------------------------------------------------------------------------------------------
-
-
 # ---- the backbone ---------------------------------------------------------------------------------------------
 def store_dims(backbone: VideoBackbone, sampling: ClipSampling) -> dict[str, int]:
     """The symbolic dimensions of the views: C over all pathways; C_s/T_s pathway 0; C_f/T_f pathway 1."""
